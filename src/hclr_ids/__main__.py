@@ -1,0 +1,3 @@
+from hclr_ids.cli import main
+
+raise SystemExit(main())
