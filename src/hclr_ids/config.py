@@ -50,6 +50,10 @@ class PreprocessConfig:
     """Apply sign(x)*log1p(|x|) to columns with a heavy right tail before min-max scaling."""
     categorical_columns: tuple[str, ...] = ()
     """Columns imputed with the mode and one-hot encoded; the release has none."""
+    log_min_abs_max: float = 100.0
+    """A column gets the log transform only if its training max of |x| reaches this value."""
+    log_tail_ratio: float = 10.0
+    """... and only if that max is at least this many times the training median of |x|."""
 
 
 @dataclass
@@ -73,18 +77,32 @@ class EncoderConfig:
     """The CNN-LSTM feature extractor and its supervised pre-training."""
 
     architecture: Architecture = "cnn-lstm"
+    input_encoding: Literal["scalar", "ple"] = "scalar"
+    """Channels of each feature: the scaled value itself, or its piecewise-linear encoding in quantile bins
+    fitted on the training split."""
+    ple_bins: int = 16
+    """Quantile bins per feature of the piecewise-linear encoding."""
+    feature_embedding_dim: int = 0
+    """Channels of a separate learned linear map of each feature (with ReLU); 0 for none."""
     conv_filters: int = 64
+    conv_layers: int = 1
+    """Conv1d + ReLU blocks before the max-pooling."""
     kernel_size: int = 3
     lstm_units: int = 128
+    bidirectional: bool = False
     embedding_dim: int = 64
     dropout: float = 0.2
     learning_rate: float = 1e-3
+    """Peak learning rate of AdamW (the OneCycle maximum when ``scheduler`` is ``onecycle``)."""
     weight_decay: float = 1e-4
+    scheduler: Literal["onecycle", "none"] = "none"
     batch_size: int = 512
     max_epochs: int = 30
     patience: int = 5
     """Epochs without a better validation macro-F1 before stopping."""
     class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
+    """Cross-entropy weight of each class: n / (k * count), its square root, or 1."""
+    label_smoothing: float = 0.0
     time_budget_s: float = 0.0
     """Wall-clock limit of encoder training in seconds; 0 for none."""
 
@@ -106,6 +124,14 @@ class DQNConfig:
     num_envs: int = 2048
     total_steps: int = 400
     hidden_units: int = 128
+    loss: Literal["huber", "mse"] = "huber"
+    """TD loss: Huber (smooth L1) or squared error."""
+    learning_starts: int = 0
+    """Transitions stored before the first gradient step; never fewer than ``batch_size``."""
+    gradient_steps_per_step: int = 1
+    """Gradient steps after each vector step of ``num_envs`` transitions."""
+    temperature: float = 1.0
+    """Softmax temperature of a DQN-only head's probabilities, ``softmax(Q / temperature)``."""
 
 
 @dataclass
@@ -125,6 +151,8 @@ class PPOConfig:
     total_iterations: int = 60
     hidden_units: int = 128
     max_grad_norm: float = 0.5
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over ``total_iterations``."""
 
 
 @dataclass
@@ -135,6 +163,8 @@ class RLConfig:
     reward_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Scale of +1/-1 rewards per true class."""
     sampling: Literal["balanced", "stream"] = "balanced"
+    episode_length: int = 1
+    """Flows per episode; 1 makes the task a contextual bandit, where ``gamma`` has no effect."""
     dqn: DQNConfig = field(default_factory=DQNConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
 
