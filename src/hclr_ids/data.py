@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 
@@ -55,6 +55,7 @@ CACHE_ENV_VAR = "HCLR_IDS_CACHE"
 #: Bumped whenever parsing changes, so that older cache entries are no longer matched.
 CACHE_FORMAT = 1
 _CACHE_METADATA_KEY = b"hclr_ids"
+_HASH_COLUMNS = ("_row_hash_0", "_row_hash_1")
 
 #: Column names that ``read_features`` ignores as a label column when none is named (any case).
 DEFAULT_LABEL_COLUMNS: tuple[str, ...] = ("label",)
@@ -107,6 +108,12 @@ class Dataset:
     """Distinct labels, sorted; with ``label_codes`` a compact form of ``labels``. Built on demand."""
     label_codes: np.ndarray | None = field(default=None, repr=False)
     """Index into ``label_names`` of each row (int32)."""
+    row_hash: np.ndarray | None = field(default=None, repr=False)
+    """Two 64-bit hashes of each row's features as parsed in float64, shape (n_rows, 2), uint64.
+
+    Duplicate checks use these rather than ``X`` because float32 merges rows that differ in the
+    source: ``IAT`` values near 1.7e8 are stored in steps of 16. None for a Dataset built by hand.
+    """
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -122,9 +129,9 @@ class Dataset:
     def target_codes(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
         """Return the sorted distinct labels of ``task`` and each row's index into them (int32).
 
-        Release class names map through ``schema.task_label``. Other labels (a labelled table) stay
-        as they are for ``"multiclass"``; ``"binary"`` maps ``Benign``/``benign`` to ``Benign`` and
-        the rest to ``Attack``; ``"category"`` accepts only release class or category names.
+        Release class names map through ``schema.task_label``. Other labels of a labelled table stay
+        as they are for ``"multiclass"``. For ``"binary"``, ``Benign`` and ``benign`` map to ``Benign``
+        and the rest to ``Attack``. ``"category"`` accepts only release class or category names.
         """
         names, codes = self.encode_labels()
         mapped = np.array([_task_label_of(str(name), task, self.label_source) for name in names], dtype=object)
@@ -162,6 +169,7 @@ class Dataset:
             label_source=self.label_source,
             label_names=names,
             label_codes=codes[indices],
+            row_hash=None if self.row_hash is None else self.row_hash[indices],
         )
 
 
@@ -227,7 +235,7 @@ def find_release_files(path: str | Path) -> list[Path]:
 
 
 def _release_csv_dir(root: Path) -> Path | None:
-    """Return the folder that holds ``train/`` and ``test/`` (or the side folder itself), if any."""
+    """Return the folder that contains ``train/`` and ``test/`` (or the side folder itself), if any."""
     if root.name in _RELEASE_SIDES:
         return root
     for depth in range(len(_RELEASE_SUBPATH), -1, -1):
@@ -262,12 +270,12 @@ def _table_files(path: Path) -> list[Path]:
 
 @dataclass
 class _ColumnPlan:
-    """How the columns of one file map onto the 45 release features."""
+    """Mapping of one file's columns onto the 45 release features."""
 
     header: list[str]
     """Column names as stripped of surrounding spaces, in file order."""
     sources: dict[str, str]
-    """Release feature name to the file's column that holds it."""
+    """Release feature name to the file's column that contains it."""
     label_column: str | None
     ignored: list[str]
     layout: str
@@ -286,7 +294,7 @@ def _read_csv_header(path: Path) -> list[str]:
 def _plan_columns(
     path: Path, raw_names: list[str], label_column: str | None, ignore_columns: tuple[str, ...] = ()
 ) -> _ColumnPlan:
-    """Check a header and decide which column holds each release feature."""
+    """Check a header and decide which column contains each release feature."""
     warnings: list[str] = []
     names = [name.strip() for name in raw_names]
     stripped = [raw for raw, name in zip(raw_names, names) if raw != name]
@@ -299,7 +307,7 @@ def _plan_columns(
     if label_column is not None and label_column not in names:
         raise ValueError(
             f"{path}: label column {label_column!r} not found; the columns are {names}. "
-            "Pass the name of the column that holds the class"
+            "Pass the name of the column that contains the class"
         )
     ignored = [name for name in names if name != label_column and name.lower() in ignore_columns]
 
@@ -317,7 +325,7 @@ def _plan_columns(
     if extra:
         hint = f"other than the label column {label_column!r}" if label_column else "and no label column was named"
         raise ValueError(
-            f"{path}: unexpected columns {extra} ({hint}). Remove them, or name the one that holds the class "
+            f"{path}: unexpected columns {extra} ({hint}). Remove them, or name the one that contains the class "
             "as the label column"
         )
 
@@ -334,17 +342,17 @@ def _plan_columns(
     return _ColumnPlan(names, sources, label_column, ignored, "layout39" if layout39 else "release", warnings)
 
 
-def _check_same_header(path: Path, plan: _ColumnPlan, first_path: Path, first: _ColumnPlan) -> None:
-    if plan.header == first.header:
+def _check_same_header(path: Path, header: list[str], first_path: Path, first: list[str]) -> None:
+    if header == first:
         return
-    for position, (name, first_name) in enumerate(zip(plan.header, first.header), start=1):
+    for position, (name, first_name) in enumerate(zip(header, first), start=1):
         if name != first_name:
             raise ValueError(
                 f"{path}: header differs from {first_path}: column {position} is {name!r} here and "
                 f"{first_name!r} there. Load files with one column layout together"
             )
     raise ValueError(
-        f"{path}: header differs from {first_path}: {len(plan.header)} columns here, {len(first.header)} there. "
+        f"{path}: header differs from {first_path}: {len(header)} columns here, {len(first)} there. "
         "Load files with one column layout together"
     )
 
@@ -354,21 +362,21 @@ def _check_same_header(path: Path, plan: _ColumnPlan, first_path: Path, first: _
 
 
 def _parse_string_column(path: Path, name: str, values: pl.Series, row_offset: int = 0) -> pl.Series:
-    """Parse a column of text cells into float32, with the missing and infinity spellings.
+    """Parse a column of text cells into float64, with the missing and infinity spellings.
 
-    Raises ``ValueError`` at the first cell that is none of number, missing or infinity.
+    Raises ``ValueError`` at the first cell that is not a number, a missing value or an infinity.
     """
     import polars as pl
 
     text = values.str.strip_chars()
-    numbers = text.cast(pl.Float32, strict=False)
+    numbers = text.cast(pl.Float64, strict=False)
     unparsed = numbers.is_null() & text.is_not_null()
     if not unparsed.any():
         return numbers.fill_null(float("nan"))
     lower = text.str.to_lowercase()
-    missing = lower.is_in(list(MISSING_SPELLINGS))
-    positive = lower.is_in(list(POSITIVE_INF_SPELLINGS))
-    negative = lower.is_in(list(NEGATIVE_INF_SPELLINGS))
+    missing = lower.is_in(list(MISSING_SPELLINGS)).fill_null(True)
+    positive = lower.is_in(list(POSITIVE_INF_SPELLINGS)).fill_null(False)
+    negative = lower.is_in(list(NEGATIVE_INF_SPELLINGS)).fill_null(False)
     invalid = unparsed & ~(missing | positive | negative)
     if invalid.any():
         positions = invalid.arg_true()
@@ -382,7 +390,7 @@ def _parse_string_column(path: Path, name: str, values: pl.Series, row_offset: i
     result = numbers.fill_null(float("nan")).to_numpy().copy()
     result[positive.to_numpy()] = np.inf
     result[negative.to_numpy()] = -np.inf
-    return pl.Series(name, result, dtype=pl.Float32)
+    return pl.Series(name, result, dtype=pl.Float64)
 
 
 def _check_field_counts(path: Path, n_columns: int) -> None:
@@ -411,9 +419,11 @@ def _check_field_counts(path: Path, n_columns: int) -> None:
 
 @dataclass
 class _FileFrame:
-    """One file's features as 45 float32 columns in release order, plus its raw labels."""
+    """One file's features as 45 float32 columns in release order, plus row hashes and raw labels."""
 
     features: pl.DataFrame
+    row_hash: np.ndarray
+    """Shape (n_rows, 2), uint64: see ``Dataset.row_hash``."""
     labels: pl.Series | None
     plan: _ColumnPlan
 
@@ -431,7 +441,7 @@ def _read_csv_file(path: Path, label_column: str | None, ignore_columns: tuple[s
     plan = _plan_columns(path, raw_names, label_column, ignore_columns)
     feature_set = set(plan.sources.values())
     # The header is skipped and replaced by the stripped names, so spaces in names do not matter here.
-    typed_schema = {name: (pl.Float32 if name in feature_set else pl.String) for name in plan.header}
+    typed_schema = {name: (pl.Float64 if name in feature_set else pl.String) for name in plan.header}
     frame: pl.DataFrame | None
     try:
         frame = pl.read_csv(path, has_header=False, skip_rows=1, schema=typed_schema)
@@ -477,12 +487,17 @@ def _read_parquet_file(path: Path, label_column: str | None, ignore_columns: tup
         if column.dtype == pl.String:
             parsed.append(_parse_string_column(path, name, column))
         elif column.dtype.is_numeric():
-            parsed.append(column.cast(pl.Float32).fill_null(float("nan")))
+            parsed.append(column.cast(pl.Float64).fill_null(float("nan")))
         else:
             raise ValueError(
                 f"{path}: column {name!r} has type {column.dtype}, expected numbers; convert it to float"
             )
     return _assemble(path, frame.with_columns(parsed), plan)
+
+
+def _hash_rows(features: pl.DataFrame) -> np.ndarray:
+    """Return two seeded 64-bit hashes of each row, shape (n_rows, 2), uint64."""
+    return np.column_stack([features.hash_rows(seed=0).to_numpy(), features.hash_rows(seed=1).to_numpy()])
 
 
 def _assemble(path: Path, frame: pl.DataFrame, plan: _ColumnPlan) -> _FileFrame:
@@ -500,8 +515,11 @@ def _assemble(path: Path, frame: pl.DataFrame, plan: _ColumnPlan) -> _FileFrame:
             column = pl.lit(0.0)
         else:
             column = pl.lit(float("nan"))
-        columns.append(column.cast(pl.Float32).alias(name))
-    features = frame.select(columns)
+        columns.append(column.cast(pl.Float64).alias(name))
+    full_precision = frame.select(columns)
+    row_hash = _hash_rows(full_precision)
+    features = full_precision.cast(pl.Float32)
+    del full_precision
 
     labels = None
     if plan.label_column is not None:
@@ -515,7 +533,7 @@ def _assemble(path: Path, frame: pl.DataFrame, plan: _ColumnPlan) -> _FileFrame:
             )
     for message in plan.warnings:
         logger.warning("%s", message)
-    return _FileFrame(features, labels, plan)
+    return _FileFrame(features, row_hash, labels, plan)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,18 +547,29 @@ def default_cache_dir() -> Path:
 
 
 def _cache_path(cache_dir: Path, source: Path) -> Path:
+    import polars as pl
+
     absolute = source.resolve()
     stat = absolute.stat()
-    key = f"{CACHE_FORMAT}\0{absolute}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    # Polars promises stable row hashes only within one version, so its version is part of the key.
+    key = f"{CACHE_FORMAT}\0{pl.__version__}\0{absolute}\0{stat.st_size}\0{stat.st_mtime_ns}"
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
     return cache_dir / f"{absolute.name.removesuffix('.csv')}-{digest}.parquet"
 
 
 def _write_cache(path: Path, frame: _FileFrame, source: Path) -> None:
+    import polars as pl
     import pyarrow.parquet as pq
 
-    table = frame.features.to_arrow()
-    metadata = {"source": str(source.resolve()), "format": CACHE_FORMAT, "warnings": frame.plan.warnings}
+    table = frame.features.with_columns(
+        pl.Series(_HASH_COLUMNS[0], frame.row_hash[:, 0]), pl.Series(_HASH_COLUMNS[1], frame.row_hash[:, 1])
+    ).to_arrow()
+    metadata = {
+        "source": str(source.resolve()),
+        "format": CACHE_FORMAT,
+        "header": frame.plan.header,
+        "warnings": frame.plan.warnings,
+    }
     table = table.replace_schema_metadata({_CACHE_METADATA_KEY: json.dumps(metadata).encode("utf-8")})
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -551,8 +580,16 @@ def _write_cache(path: Path, frame: _FileFrame, source: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
-def _cached_rows(path: Path) -> tuple[int, list[str]] | None:
-    """Return the row count and load warnings of a cache entry, or None if it is absent or unreadable."""
+@dataclass
+class _CacheEntry:
+    n_rows: int
+    header: list[str]
+    """The source file's column names, stripped."""
+    warnings: list[str]
+
+
+def _read_cache_entry(path: Path) -> _CacheEntry | None:
+    """Return the row count, header and load warnings of a cache entry; None if absent or unreadable."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -564,7 +601,7 @@ def _cached_rows(path: Path) -> tuple[int, list[str]] | None:
     except (OSError, KeyError, TypeError, ValueError, pa.ArrowException) as error:
         logger.warning("%s: ignoring unreadable cache entry (%s)", path, error)
         return None
-    return metadata.num_rows, list(info.get("warnings", []))
+    return _CacheEntry(metadata.num_rows, list(info["header"]), list(info["warnings"]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -584,27 +621,27 @@ def load_release(path: str | Path, *, cache_dir: str | Path | None = None, cache
     directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     sources: list[tuple[Path, str, str, int]] = []
     frames: dict[Path, _FileFrame] = {}
-    first_plan: tuple[Path, _ColumnPlan] | None = None
+    first_header: tuple[Path, list[str]] | None = None
     hits = 0
     for file in files:
         class_name, side = parse_release_name(file)
-        cached = _cached_rows(_cache_path(directory, file)) if cache else None
-        if cached is not None:
-            n_rows, warnings = cached
-            for message in warnings:
+        cache_path = _cache_path(directory, file)
+        entry = _read_cache_entry(cache_path) if cache else None
+        if entry is not None:
+            for message in entry.warnings:
                 logger.warning("%s", message)
+            n_rows, header = entry.n_rows, entry.header
             hits += 1
         else:
             frame = _read_file(file, None)
-            if first_plan is None:
-                first_plan = (file, frame.plan)
-            else:
-                _check_same_header(file, frame.plan, *first_plan)
-            n_rows = frame.features.height
-            if cache:
-                _try_write_cache(_cache_path(directory, file), frame, file)
-            if not cache or not _cache_path(directory, file).is_file():
+            n_rows, header = frame.features.height, frame.plan.header
+            # Keep the parsed frame only when it cannot be read back from the cache.
+            if not (cache and _try_write_cache(cache_path, frame, file)):
                 frames[file] = frame
+        if first_header is None:
+            first_header = (file, header)
+        else:
+            _check_same_header(file, header, *first_header)
         sources.append((file, class_name, side, n_rows))
 
     dataset = _fill_release_dataset(sources, frames, directory)
@@ -615,11 +652,13 @@ def load_release(path: str | Path, *, cache_dir: str | Path | None = None, cache
     return dataset
 
 
-def _try_write_cache(path: Path, frame: _FileFrame, source: Path) -> None:
+def _try_write_cache(path: Path, frame: _FileFrame, source: Path) -> bool:
     try:
         _write_cache(path, frame, source)
     except OSError as error:
         logger.warning("%s: cannot write the cache entry (%s); the file will be parsed again next time", path, error)
+        return False
+    return True
 
 
 def _fill_release_dataset(
@@ -634,18 +673,22 @@ def _fill_release_dataset(
     label_codes = np.empty(total, dtype=np.int32)
     file_index = np.empty(total, dtype=np.int32)
     row_number = np.empty(total, dtype=np.int64)
+    row_hash = np.empty((total, 2), dtype=np.uint64)
     files: list[SourceFile] = []
     offset = 0
     for index, (file, class_name, side, n_rows) in enumerate(sources):
         block = slice(offset, offset + n_rows)
         if file in frames:
-            columns = frames.pop(file).features.get_columns()
-            arrays = [column.to_numpy() for column in columns]
+            frame = frames.pop(file)
+            arrays = [column.to_numpy() for column in frame.features.get_columns()]
+            row_hash[block] = frame.row_hash
         else:
-            table = pq.read_table(_cache_path(cache_dir, file), columns=list(FEATURE_COLUMNS))
+            table = pq.read_table(_cache_path(cache_dir, file))
             arrays = [table.column(name).to_numpy() for name in FEATURE_COLUMNS]
-        for j, values in enumerate(arrays):
-            X[block, j] = values
+            for j, name in enumerate(_HASH_COLUMNS):
+                row_hash[block, j] = table.column(name).to_numpy()
+        _write_rows(X[block], arrays)
+        del arrays
         label_codes[block] = class_names.index(class_name)
         file_index[block] = index
         row_number[block] = np.arange(1, n_rows + 1)
@@ -661,7 +704,19 @@ def _fill_release_dataset(
         label_source="file name",
         label_names=label_names,
         label_codes=label_codes,
+        row_hash=row_hash,
     )
+
+
+def _write_rows(target: np.ndarray, columns: list[np.ndarray], chunk_rows: int = 16_384) -> None:
+    """Copy column arrays into the rows of ``target`` (n_rows, n_columns), a cache-sized block at a time.
+
+    Writing one column at a time into a row-major matrix touches every row once per column, which
+    measured about 3 times slower than stacking blocks of rows.
+    """
+    for start in range(0, target.shape[0], chunk_rows):
+        stop = min(start + chunk_rows, target.shape[0])
+        np.stack([values[start:stop] for values in columns], axis=1, out=target[start:stop])
 
 
 def load_table(path: str | Path, *, label_column: str | None, class_name: str | None = None) -> Dataset:
@@ -673,13 +728,13 @@ def load_table(path: str | Path, *, label_column: str | None, class_name: str | 
     import polars as pl
 
     if (label_column is None) == (class_name is None):
-        raise ValueError("pass exactly one of label_column (the column holding the class) and class_name")
+        raise ValueError("pass exactly one of label_column (the column that contains the class) and class_name")
     files = _table_files(Path(path))
     frames: list[_FileFrame] = []
     for file in files:
         frame = _read_file(file, label_column)
         if frames:
-            _check_same_header(file, frame.plan, files[0], frames[0].plan)
+            _check_same_header(file, frame.plan.header, files[0], frames[0].plan.header)
         frames.append(frame)
 
     counts = [frame.features.height for frame in frames]
@@ -707,6 +762,7 @@ def load_table(path: str | Path, *, label_column: str | None, class_name: str | 
         label_source=label_column if label_column is not None else "class_name argument",
         label_names=label_names,
         label_codes=label_codes,
+        row_hash=np.concatenate([frame.row_hash for frame in frames]),
     )
 
 
@@ -727,29 +783,49 @@ def load_dataset(
     return load_release(path, cache_dir=cache_dir)
 
 
-def read_features(path: str | Path, *, label_column: str | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+@overload
+def read_features(
+    path: str | Path, *, label_column: str | None = None, with_sources: Literal[False] = False
+) -> tuple[np.ndarray, list[str], np.ndarray]: ...
+
+
+@overload
+def read_features(
+    path: str | Path, *, label_column: str | None = None, with_sources: Literal[True]
+) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]: ...
+
+
+def read_features(
+    path: str | Path, *, label_column: str | None = None, with_sources: bool = False
+) -> tuple[np.ndarray, list[str], np.ndarray] | tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
     """Read unlabelled feature rows from a CSV or Parquet file or a folder of them.
 
     Returns ``X`` of shape (n_rows, 45), float32, the release feature names and each row's 1-based
-    data row within its file (files of a folder follow in name order). Checks are those of the
-    loaders. ``label_column``, or a column named ``label`` in any case, is ignored when present.
+    data row within its file (files of a folder follow in name order). With ``with_sources`` a fourth
+    value gives each row's file path (object array of str). Checks are those of the loaders.
+    ``label_column``, or a column named ``label`` in any case, is ignored when present.
     """
     import polars as pl
 
     ignore = tuple(name.lower() for name in DEFAULT_LABEL_COLUMNS)
-    files = _table_files(Path(path))
-    frames: list[_FileFrame] = []
     if label_column is not None:
         ignore += (label_column.lower(),)
+    files = _table_files(Path(path))
+    frames: list[_FileFrame] = []
     for file in files:
         frame = _read_file(file, None, ignore)
         if frames:
-            _check_same_header(file, frame.plan, files[0], frames[0].plan)
+            _check_same_header(file, frame.plan.header, files[0], frames[0].plan.header)
         frames.append(frame)
+
+    counts = [frame.features.height for frame in frames]
     features = pl.concat([frame.features for frame in frames], how="vertical")
     X = np.ascontiguousarray(features.to_numpy(), dtype=np.float32)
-    row_numbers = np.concatenate([np.arange(1, frame.features.height + 1, dtype=np.int64) for frame in frames])
-    return X, list(FEATURE_COLUMNS), row_numbers
+    row_numbers = np.concatenate([np.arange(1, n + 1, dtype=np.int64) for n in counts])
+    if not with_sources:
+        return X, list(FEATURE_COLUMNS), row_numbers
+    sources = np.array([str(file) for file in files], dtype=object)
+    return X, list(FEATURE_COLUMNS), row_numbers, np.repeat(sources, counts)
 
 
 def describe(dataset: Dataset) -> dict[str, Any]:
