@@ -257,7 +257,6 @@ def verify_files(run_dir: Path, manifest: dict[str, Any]) -> None:
 
 def load_bundle(run_dir: str | Path) -> ModelBundle:
     """Load a bundle written by :func:`save_bundle`, checking checksums and tensor shapes."""
-    from hclr_ids.networks import EncoderClassifier
     from hclr_ids.preprocessing import Preprocessor
 
     run_dir = Path(run_dir)
@@ -267,7 +266,7 @@ def load_bundle(run_dir: str | Path) -> ModelBundle:
         preprocessor = Preprocessor.from_state(
             _read_json(run_dir / "preprocessor.json"), _read_numpy(run_dir / "preprocessor.safetensors")
         )
-        encoder = EncoderClassifier.from_metadata(_read_json(run_dir / "encoder.json"))
+        encoder = encoder_from_metadata(_read_json(run_dir / "encoder.json"))
         _load_state(encoder, _read_torch(run_dir / "encoder.safetensors"), run_dir / "encoder.safetensors")
         encoder.eval()
         head = None
@@ -281,6 +280,22 @@ def load_bundle(run_dir: str | Path) -> ModelBundle:
     if len(selected) and (selected.min() < 0 or selected.max() >= n_out):
         raise BundleError(f"model bundle {run_dir}: selected feature index out of range 0..{n_out - 1}")
     return ModelBundle(run_dir, manifest, preprocessor, selected, encoder, head)
+
+
+def encoder_metadata(encoder: Any, config: Any) -> dict[str, Any]:
+    """Describe an EncoderClassifier so :func:`encoder_from_metadata` can rebuild it before loading weights."""
+    import dataclasses
+
+    return {"config": dataclasses.asdict(config), "n_features": int(encoder.n_features),
+            "n_classes": int(encoder.n_classes)}
+
+
+def encoder_from_metadata(metadata: dict[str, Any]) -> Any:
+    from hclr_ids.config import EncoderConfig, _from_dict
+    from hclr_ids.networks import EncoderClassifier
+
+    config = _from_dict(EncoderConfig, metadata["config"], "encoder.json config")
+    return EncoderClassifier(config, int(metadata["n_features"]), int(metadata["n_classes"]))
 
 
 def _read_json(path: Path) -> Any:
@@ -329,10 +344,10 @@ def _load_state(module: Any, tensors: dict[str, Any], path: Path) -> None:
 def _load_head(kind: str, metadata: dict[str, Any], tensors: dict[str, Any], path: Path) -> Any:
     from hclr_ids.rl import hybrid
 
-    heads = hybrid.HEAD_TYPES
-    if kind not in heads:
-        raise BundleError(f"unknown decision head {kind!r} in {path.parent}; expected one of {sorted(heads)}")
+    if metadata.get("head") != kind:
+        raise BundleError(f"{path.parent}: the manifest names head {kind!r} but head.json describes "
+                          f"{metadata.get('head')!r}")
     try:
-        return heads[kind].from_state(metadata, tensors)
-    except RuntimeError as error:  # torch reports shape mismatches as RuntimeError
+        return hybrid.head_from_state(metadata, tensors)
+    except (RuntimeError, KeyError) as error:  # torch reports shape mismatches as RuntimeError
         raise BundleError(f"weights in {path} do not match the head described in the bundle: {error}") from error

@@ -51,9 +51,9 @@ class PreprocessConfig:
     categorical_columns: tuple[str, ...] = ()
     """Columns imputed with the mode and one-hot encoded; the release has none."""
     log_min_abs_max: float = 100.0
-    """A column gets the log transform only if its training max of |x| reaches this value."""
+    """Minimum training max of |x| for a column to get the log transform."""
     log_tail_ratio: float = 10.0
-    """... and only if that max is at least this many times the training median of |x|."""
+    """Minimum ratio of a column's training max of |x| to its training median of |x| for the log transform."""
 
 
 @dataclass
@@ -77,41 +77,42 @@ class EncoderConfig:
     """The CNN-LSTM feature extractor and its supervised pre-training."""
 
     architecture: Architecture = "cnn-lstm"
-    input_encoding: Literal["scalar", "ple"] = "scalar"
+    input_encoding: Literal["scalar", "ple"] = "ple"
     """Channels of each feature: the scaled value itself, or its piecewise-linear encoding in quantile bins
     fitted on the training split."""
     ple_bins: int = 16
     """Quantile bins per feature of the piecewise-linear encoding."""
-    feature_embedding_dim: int = 0
+    feature_embedding_dim: int = 16
     """Channels of a separate learned linear map of each feature (with ReLU); 0 for none."""
     conv_filters: int = 64
     conv_layers: int = 1
     """Conv1d + ReLU blocks before the max-pooling."""
     kernel_size: int = 3
     lstm_units: int = 128
-    bidirectional: bool = False
+    bidirectional: bool = True
     embedding_dim: int = 64
     dropout: float = 0.2
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     """Peak learning rate of AdamW (the OneCycle maximum when ``scheduler`` is ``onecycle``)."""
     weight_decay: float = 1e-4
-    scheduler: Literal["onecycle", "none"] = "none"
-    batch_size: int = 512
-    max_epochs: int = 30
+    scheduler: Literal["onecycle", "none"] = "onecycle"
+    batch_size: int = 1024
+    max_epochs: int = 8
     patience: int = 5
     """Epochs without a better validation macro-F1 before stopping."""
     class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Cross-entropy weight of each class: n / (k * count), its square root, or 1."""
     label_smoothing: float = 0.0
-    time_budget_s: float = 0.0
-    """Wall-clock limit of encoder training in seconds; 0 for none."""
+    time_budget_s: float = 300.0
+    """Wall-clock limit of encoder training in seconds; 0 for none. A OneCycle schedule cut short by it
+    ends before its learning rate has annealed."""
 
 
 @dataclass
 class DQNConfig:
     """Deep Q-network decision head on the frozen embedding."""
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     gamma: float = 0.99
     epsilon_start: float = 1.0
     epsilon_end: float = 0.02
@@ -128,7 +129,7 @@ class DQNConfig:
     """TD loss: Huber (smooth L1) or squared error."""
     learning_starts: int = 0
     """Transitions stored before the first gradient step; never fewer than ``batch_size``."""
-    gradient_steps_per_step: int = 1
+    gradient_steps_per_step: int = 8
     """Gradient steps after each vector step of ``num_envs`` transitions."""
     temperature: float = 1.0
     """Softmax temperature of a DQN-only head's probabilities, ``softmax(Q / temperature)``."""
@@ -138,7 +139,7 @@ class DQNConfig:
 class PPOConfig:
     """Proximal policy optimisation decision head on the frozen embedding."""
 
-    learning_rate: float = 3e-4
+    learning_rate: float = 3e-3
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip_coef: float = 0.2
@@ -146,7 +147,7 @@ class PPOConfig:
     entropy_coef: float = 0.01
     update_epochs: int = 4
     num_minibatches: int = 8
-    num_envs: int = 2048
+    num_envs: int = 1024
     rollout_steps: int = 8
     total_iterations: int = 60
     hidden_units: int = 128
@@ -163,6 +164,8 @@ class RLConfig:
     reward_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Scale of +1/-1 rewards per true class."""
     sampling: Literal["balanced", "stream"] = "balanced"
+    threads: int = 1
+    """Torch CPU threads while the heads train; their networks are too small to gain from more (0: unchanged)."""
     episode_length: int = 1
     """Flows per episode; 1 makes the task a contextual bandit, where ``gamma`` has no effect."""
     dqn: DQNConfig = field(default_factory=DQNConfig)

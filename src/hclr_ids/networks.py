@@ -168,7 +168,7 @@ class Encoder(nn.Module):
         self.project = nn.Linear(summary, config.embedding_dim)
 
     def fit_inputs(self, x: np.ndarray) -> Encoder:
-        """Fit the learned-free parts of the input encoding (PLE bin edges) on training features."""
+        """Fit the PLE bin edges, the only input state not learned by gradient descent, on training features."""
         self.inputs.fit(x)
         return self
 

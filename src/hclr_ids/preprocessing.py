@@ -232,7 +232,7 @@ class Preprocessor:
 
         Args:
             X: raw features, shape (n_samples, n_features_in_), columns in the order of ``input_features_``
-                unless ``feature_names`` says otherwise.
+                unless ``feature_names`` gives another order.
             feature_names: names of the columns of ``X``; when given, the columns are reordered by name.
 
         Returns:
@@ -313,9 +313,9 @@ class Preprocessor:
         position = {c: i for i, c in enumerate(names)}
         return X[:, [position[c] for c in expected]]
 
-    def _check_fitted(self, what: str) -> None:
+    def _check_fitted(self, caller: str) -> None:
         if not hasattr(self, "input_features_"):
-            raise RuntimeError(f"{what} called before fit; call fit(X_train, feature_names) or load a fitted state")
+            raise RuntimeError(f"{caller} called before fit; call fit(X_train, feature_names) or load a fitted state")
 
     # ---------------------------------------------------------- persistence
 
@@ -437,12 +437,12 @@ def _signed_log1p(values: np.ndarray) -> np.ndarray:
     return np.sign(values) * np.log1p(np.abs(values))
 
 
-def _as_2d_float(X: np.ndarray, what: str) -> np.ndarray:
+def _as_2d_float(X: np.ndarray, caller: str) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
-        raise ValueError(f"{what}: expected a 2-D array of shape (n_samples, n_features), got shape {X.shape}")
+        raise ValueError(f"{caller}: expected a 2-D array of shape (n_samples, n_features), got shape {X.shape}")
     if not (np.issubdtype(X.dtype, np.floating) or np.issubdtype(X.dtype, np.integer)):
-        raise ValueError(f"{what}: expected a numeric array, got dtype {X.dtype}; parse the cells to floats first")
+        raise ValueError(f"{caller}: expected a numeric array, got dtype {X.dtype}; parse the cells to floats first")
     return X
 
 
@@ -492,7 +492,7 @@ def _log_report(report: TransformReport) -> None:
     n_unknown = sum(report.unknown_categories.values())
     if n_unknown:
         logger.warning(
-            "%d categorical cells hold values not seen in training (%s)",
+            "%d categorical cells contain values not seen in training (%s)",
             n_unknown, _top_counts(report.unknown_categories),
         )
     if report.rows_over_missing_threshold:

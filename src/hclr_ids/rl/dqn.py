@@ -43,7 +43,7 @@ class QNetwork(nn.Module):
 def td_target(rewards: torch.Tensor, next_q_target: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
     """Return ``r + gamma * (1 - done) * max_a Q_target(s', a)``.
 
-    ``rewards`` and ``dones`` have shape (n,); ``next_q_target`` holds the target network's Q-values of the
+    ``rewards`` and ``dones`` have shape (n,); ``next_q_target`` contains the target network's Q-values of the
     next states, shape (n, n_classes).
     """
     return rewards + gamma * (1.0 - dones.to(rewards.dtype)) * next_q_target.max(dim=1).values
@@ -129,8 +129,8 @@ class DQNHead:
     """A trained Q-network with the observation box it was trained in.
 
     ``predict_proba`` returns ``softmax(Q / temperature)``. Q-values are expected returns, not logits, so these
-    probabilities are a monotone score whose sharpness depends on the temperature; fit it on held-out data
-    (``hybrid.fit_temperature``) when calibrated probabilities matter.
+    probabilities are a monotone score whose sharpness depends on the temperature. Fit the temperature on
+    held-out data (``hybrid.fit_temperature``) when calibrated probabilities matter.
     """
 
     q_network: QNetwork
@@ -257,7 +257,7 @@ def train_dqn(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
                 gradient_steps += 1
                 if gradient_steps % config.target_sync_interval == 0:
                     target_network.load_state_dict(q_network.state_dict())

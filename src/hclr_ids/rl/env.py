@@ -110,6 +110,9 @@ class FlowSampler:
     ``balanced`` draws a class uniformly among the classes present, then a flow uniformly within it.
     ``stream`` gives each of ``num_envs`` copies its own contiguous segment of the table and advances every copy
     by one flow per step, wrapping at the end. Seeding restarts the stream at the first flow of each segment.
+
+    NOTE: balanced sampling already equalises the classes, so combining it with ``balanced`` or ``sqrt``
+    reward weights (computed from the natural class counts) weights rare classes above common ones.
     """
 
     def __init__(self, labels: torch.Tensor, n_classes: int, num_envs: int, sampling: Sampling) -> None:

@@ -303,9 +303,9 @@ def train_ppo(
                     ratio = log_ratio.exp()
                     stats["kl"].append(float(((ratio - 1) - log_ratio).mean()))
                     stats["clipfrac"].append(float(((ratio - 1.0).abs() > config.clip_coef).float().mean()))
-                stats["policy"].append(float(policy_loss))
-                stats["value"].append(float(v_loss))
-                stats["entropy"].append(float(entropy))
+                stats["policy"].append(float(policy_loss.detach()))
+                stats["value"].append(float(v_loss.detach()))
+                stats["entropy"].append(float(entropy.detach()))
 
         elapsed = time.perf_counter() - start
         flows = (iteration + 1) * batch_size
