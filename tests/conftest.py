@@ -54,3 +54,34 @@ def cases_dir() -> Path:
 def pcap_reference_dir() -> Path:
     """Real captures with the original CIC extractor's output beside each."""
     return _require(_shared_root() / "data" / "pcap-reference", "reference captures")
+
+
+def small_run_config(data_path: Path, out_cache: Path, **overrides):
+    """A RunConfig that trains on a small real subset within seconds (for tests, not for figures)."""
+    from hclr_ids.config import RunConfig, merge_overrides
+
+    values = {
+        "data.path": str(data_path),
+        "data.max_train_rows": 3000,
+        "data.cache_dir": str(out_cache),
+        "encoder.max_epochs": 3,
+        "encoder.batch_size": 256,
+        "encoder.time_budget_s": 60.0,
+        "rl.dqn.total_steps": 30,
+        "rl.ppo.total_iterations": 5,
+        "rl.ppo.num_envs": 256,
+        "selection.sample_size": 20_000,
+        "threads": 1,
+    }
+    values.update(overrides)
+    return merge_overrides(RunConfig(), values)
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(release_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to a real multiclass bundle trained on a small part of the real subset (hybrid head)."""
+    from hclr_ids.pipeline import train
+
+    out = tmp_path_factory.mktemp("bundle") / "multiclass"
+    train(small_run_config(release_root, tmp_path_factory.mktemp("cache")), out)
+    return out
