@@ -37,7 +37,7 @@ TEST_SCENARIOS = ("benign", "recon_port_scan", "tcpip_dos_syn", "mqtt_dos_connec
 TINY = LabScale(
     name="test", flood_packets=400, ddos_packets=100, flood_interval_us=200, flood_seconds=6,
     publish_messages=400, connect_sessions=40, malformed_messages=20, benign_seconds=3, arp_spoof_seconds=3,
-    port_scan_ports=100, scan_seconds=10, vuln_scan_seconds=8, ping_sweeps=1,
+    port_scan_ports=100, scan_seconds=10, vuln_scan_seconds=8, ping_sweeps=1, os_scan_hosts=1,
 )
 
 #: Processes the lab starts; any of them alive after a run but not before it is a leak.

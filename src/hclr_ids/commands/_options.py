@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from hclr_ids.schema import TASKS
@@ -11,7 +12,9 @@ from hclr_ids.schema import TASKS
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """Add data, split, feature and budget options used by ``train`` and ``run``."""
     data = parser.add_argument_group("data")
-    data.add_argument("--data", required=True, help="release root (or a folder below it), or a labelled CSV/Parquet file or folder")
+    data.add_argument("--data", default=None,
+                      help="release root (or a folder below it), or a labelled CSV/Parquet file or folder "
+                           "(default: the built-in lab dataset shipped with the package)")
     data.add_argument("--label-column", help="label column of a labelled table (the release takes labels from file names)")
     data.add_argument("--task", choices=TASKS, default=None, help="binary (Benign/Attack), category (6) or multiclass (19); default multiclass")
     data.add_argument("--split", choices=("official", "stratified", "contiguous"), default=None,
@@ -45,8 +48,14 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from hclr_ids.config import RunConfig, merge_overrides
 
     config = RunConfig.from_json_file(args.config) if getattr(args, "config", None) else RunConfig()
+    data_path = args.data
+    if data_path is None and not config.data.path:
+        from hclr_ids.datasets import builtin_dataset_path
+
+        data_path = str(builtin_dataset_path())
+        logging.getLogger(__name__).info("no --data given: using the built-in lab dataset %s", data_path)
     overrides = {
-        "data.path": args.data,
+        "data.path": data_path,
         "data.label_column": args.label_column,
         "data.task": args.task,
         "data.split": args.split,

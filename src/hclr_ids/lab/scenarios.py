@@ -65,6 +65,8 @@ class LabScale:
     """``timeout`` of the version and vulnerability scan (NSE scripts), in seconds."""
     ping_sweeps: int
     """1: one ARP ping sweep of the /24; 2: also an ICMP echo sweep."""
+    os_scan_hosts: int
+    """Targets of the OS scan: the broker, then dev1, dev2 (at most 3)."""
 
 
 SCALES: dict[str, LabScale] = {
@@ -72,11 +74,13 @@ SCALES: dict[str, LabScale] = {
         name="small", flood_packets=3000, ddos_packets=800, flood_interval_us=100, flood_seconds=10,
         publish_messages=3000, connect_sessions=300, malformed_messages=100, benign_seconds=10,
         arp_spoof_seconds=10, port_scan_ports=500, scan_seconds=30, vuln_scan_seconds=20, ping_sweeps=1,
+        os_scan_hosts=1,
     ),
     "full": LabScale(
         name="full", flood_packets=15000, ddos_packets=4000, flood_interval_us=50, flood_seconds=20,
         publish_messages=15000, connect_sessions=1600, malformed_messages=360, benign_seconds=60,
         arp_spoof_seconds=30, port_scan_ports=2000, scan_seconds=60, vuln_scan_seconds=90, ping_sweeps=2,
+        os_scan_hosts=3,
     ),
 }
 
@@ -227,7 +231,7 @@ def _port_scan(scale: LabScale, broker: str) -> list[Step]:
 
 
 def _os_scan(scale: LabScale, broker: str) -> list[Step]:
-    targets = [broker, _address_of(broker, 21), _address_of(broker, 22)]
+    targets = [broker, _address_of(broker, 21), _address_of(broker, 22)][: max(1, scale.os_scan_hosts)]
     return [_background_telemetry(broker, scale.scan_seconds),
             # -O first SYN-scans nmap's 1000 most common ports of each target, as a plain `nmap -O` does.
             Step("atk1", _bounded(scale.scan_seconds, "nmap", "-n", "-Pn", "-O", "--osscan-guess",
@@ -318,7 +322,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("recon_ping_sweep", "Recon-Ping_Sweep", "atk1", _ping_sweep, "nmap -sn over the /24"),
     Scenario("recon_port_scan", "Recon-Port_Scan", "atk1", _port_scan, "nmap SYN scan of the broker"),
     Scenario("recon_os_scan", "Recon-OS_Scan", "atk1", _os_scan,
-             "nmap -O (with its top-1000-port SYN scan) against the broker and two devices"),
+             "nmap -O (with its top-1000-port SYN scan) against the broker (and two devices at full scale)"),
     Scenario("recon_vuln_scan", "Recon-VulScan", "atk1", _vuln_scan, "nmap -sV with the vuln NSE scripts"),
     Scenario("tcpip_dos_syn", "TCP_IP-DoS-SYN", "broker", _hping_flood("SYN", _ONE), "hping3 SYN flood"),
     Scenario("tcpip_dos_tcp", "TCP_IP-DoS-TCP", "broker", _hping_flood("TCP", _ONE), "hping3 flagless TCP flood"),

@@ -244,8 +244,8 @@ class LabTopology:
         Safe to call more than once. SIGINT, SIGTERM and SIGHUP are held back until it is done, so
         a second Ctrl-C cannot cut it short. Raises :class:`LabError` when a namespace or a process survives.
         """
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        deferred_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, deferred_signals)
         try:
             self._teardown()
         finally:
