@@ -103,7 +103,7 @@ class EncoderConfig:
     class_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Cross-entropy weight of each class: n / (k * count), its square root, or 1."""
     label_smoothing: float = 0.0
-    time_budget_s: float = 300.0
+    time_budget_s: float = 900.0
     """Wall-clock limit of encoder training in seconds; 0 for none. A OneCycle schedule cut short by it
     ends before its learning rate has annealed."""
 
@@ -163,7 +163,10 @@ class RLConfig:
     head: DecisionHead = "hybrid"
     reward_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Scale of +1/-1 rewards per true class."""
-    sampling: Literal["balanced", "stream"] = "balanced"
+    sampling: Literal["balanced", "stream"] = "stream"
+    """How flows are drawn: ``stream`` (every copy walks its own segment of the training rows, so classes keep
+    their natural frequency) or ``balanced`` (uniform over classes). With ``sqrt`` reward weights, ``stream``
+    gave validation macro-F1 0.861 against 0.797 for ``balanced`` on the 10-class CICIoMT2024 subset."""
     threads: int = 1
     """Torch CPU threads while the heads train; their networks are too small to gain from more (0: unchanged)."""
     episode_length: int = 1

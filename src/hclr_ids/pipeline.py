@@ -188,9 +188,15 @@ class TrainedModel:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def fit_models(config: RunConfig, prepared: PreparedData) -> TrainedModel:
-    """Train the encoder with a softmax head, then the configured decision head on its frozen embedding."""
+def fit_models(config: RunConfig, prepared: PreparedData, progress: Any = None) -> TrainedModel:
+    """Train the encoder with a softmax head, then the configured decision head on its frozen embedding.
+
+    ``progress`` is an optional :class:`hclr_ids.progress.StageProgress` for progress bars.
+    """
     from hclr_ids import training
+    from hclr_ids.progress import StageProgress
+
+    progress = progress or StageProgress(None)
 
     n_classes = len(prepared.classes)
     known_val = prepared.y_val < n_classes
@@ -198,6 +204,7 @@ def fit_models(config: RunConfig, prepared: PreparedData) -> TrainedModel:
     encoder, enc_history = training.train_encoder(
         prepared.X_train, prepared.y_train, prepared.X_val[known_val], prepared.y_val[known_val],
         n_classes, config.encoder, seed=config.seed,
+        progress=progress.stage("encoder epochs", config.encoder.max_epochs),
     )
     seconds = {"encoder": time.perf_counter() - start}
     history = {"encoder": enc_history}
@@ -216,6 +223,7 @@ def fit_models(config: RunConfig, prepared: PreparedData) -> TrainedModel:
         head, rl_history = hybrid.train_head(
             train_states, prepared.y_train, n_classes, config.rl, seed=config.seed,
             val_states=val_states, val_labels=prepared.y_val[known_val],
+            progress=progress.stage(f"{head_kind} head flows", _rl_flow_total(config)),
         )
     seconds["rl_head"] = time.perf_counter() - start
     history["rl"] = rl_history
@@ -223,6 +231,13 @@ def fit_models(config: RunConfig, prepared: PreparedData) -> TrainedModel:
     if head_kind == "hybrid":
         extra["CNN-LSTM + DQN"] = head.dqn
     return TrainedModel(encoder, head, head_kind, history, extra_heads=extra, seconds=seconds)
+
+
+def _rl_flow_total(config: RunConfig) -> int:
+    """Flows the configured head sees in training (the hybrid's DQN and PPO stages each restart the count)."""
+    dqn = config.rl.dqn.total_steps * config.rl.dqn.num_envs
+    ppo = config.rl.ppo.total_iterations * config.rl.ppo.rollout_steps * config.rl.ppo.num_envs
+    return {"dqn": dqn, "ppo": ppo}.get(config.rl.head, max(dqn, ppo))
 
 
 @contextlib.contextmanager
@@ -337,7 +352,8 @@ def _context(config: RunConfig, prepared: PreparedData, info: dict[str, Any]) ->
 
 
 def train_and_evaluate_split(
-    config: RunConfig, dataset: Any, split: Any, info: dict[str, Any], out_dir: Path, *, with_baselines: bool
+    config: RunConfig, dataset: Any, split: Any, info: dict[str, Any], out_dir: Path, *, with_baselines: bool,
+    progress: Any = None,
 ) -> dict[str, Any]:
     """Fit on one split, save the bundle in ``out_dir`` and write the test evaluation beside it."""
     from hclr_ids import training
@@ -352,7 +368,7 @@ def train_and_evaluate_split(
         torch.set_num_threads(config.threads)
     prepared = prepare(config, dataset, split)
     timing = {"prepare": time.perf_counter() - start}
-    model = fit_models(config, prepared)
+    model = fit_models(config, prepared, progress)
     timing.update(model.seconds)
     save_model(out_dir, config, prepared, model)
 
@@ -380,21 +396,24 @@ def train_and_evaluate_split(
 _BASELINE_TITLES = {"random-forest": "RandomForest", "lightgbm": "LightGBM"}
 
 
-def run(config: RunConfig, out_dir: str | Path, *, with_baselines: bool = True) -> dict[str, Any]:
+def run(
+    config: RunConfig, out_dir: str | Path, *, with_baselines: bool = True, progress: Any = None
+) -> dict[str, Any]:
     """Train and evaluate (``hclr-ids run``); with ``data.folds`` >= 2, once per fold plus mean and std."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
     logger.info("run configuration:\n%s", config.to_json())
     dataset, folds, info = load_and_split(config)
     if len(folds) == 1:
-        metrics = train_and_evaluate_split(config, dataset, folds[0], info, out_dir, with_baselines=with_baselines)
+        metrics = train_and_evaluate_split(config, dataset, folds[0], info, out_dir, with_baselines=with_baselines,
+                                           progress=progress)
         logger.info("run finished in %.1f s", time.perf_counter() - started)
         return metrics
     per_fold = []
     for k, split in enumerate(folds):
         logger.info("fold %d of %d", k + 1, len(folds))
         per_fold.append(train_and_evaluate_split(config, dataset, split, info, out_dir / f"fold-{k}",
-                                                 with_baselines=with_baselines))
+                                                 with_baselines=with_baselines, progress=progress))
     summary = summarise_folds(per_fold)
     summary["config"] = config.to_dict()
     summary["run"] = run_record(config)
@@ -440,7 +459,7 @@ def render_cv_report(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
+def train(config: RunConfig, out_dir: str | Path, *, progress: Any = None) -> dict[str, Any]:
     """Fit on the training part of the configured split and save the bundle (``hclr-ids train``).
 
     Returns the validation metrics, which are also written to ``validation_metrics.json``.
@@ -454,7 +473,7 @@ def train(config: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("--folds applies to 'hclr-ids run'; 'train' fits one model on one split")
     training.set_seed(config.seed)
     prepared = prepare(config, dataset, folds[0])
-    model = fit_models(config, prepared)
+    model = fit_models(config, prepared, progress)
     save_model(out_dir, config, prepared, model)
     proba = predict_proba_models(model, prepared.X_val)[HCLR_NAME]
     metrics = evaluate_probabilities(prepared.y_val, proba, prepared.eval_labels)

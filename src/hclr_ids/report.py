@@ -95,6 +95,15 @@ def render_report(metrics: dict[str, Any], *, title: str) -> str:
     if timing:
         lines.append("- time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
     lines += ["", "## Summary", "", format_metrics_table(metrics["models"]), ""]
+    if len(metrics["models"]) > 1:
+        lines += [
+            "All models are scored on the same test rows. HCLR-IDS is the CNN-LSTM encoder with the hybrid "
+            "decision head (PPO over the embedding and the DQN's Q-values); the CNN-LSTM (softmax) and + DQN rows "
+            "are its intermediate heads on the same frozen embedding. RandomForest and LightGBM are fitted on the "
+            "same training rows with every feature of the policy after preprocessing (not only the selected "
+            "ones). Nothing was chosen on the test rows: early stopping and the heads' temperatures use the "
+            "validation part.", "",
+        ]
     lines += [f"## Per class: {metrics['model']}", "", format_per_class_table(metrics), ""]
     selection = metrics.get("selection")
     if selection:
@@ -106,17 +115,25 @@ def render_report(metrics: dict[str, Any], *, title: str) -> str:
 def _format_duplicates(dup: dict[str, Any]) -> str:
     parts = []
     for key, value in dup.items():
-        if isinstance(value, (int, float)):
+        if isinstance(value, dict) and "duplicates" in value:
+            parts.append(f"{key} {value['duplicates']:,} of {value['rows']:,}")
+        elif isinstance(value, (int, float)):
             parts.append(f"{key.replace('_', ' ')} {value:,}")
-    return ", ".join(parts) if parts else str(dup)
+    return ", ".join(parts)
 
 
 def _format_selection(selection: dict[str, Any]) -> str:
     method = selection.get("method", "?")
-    names = selection.get("selected_names") or selection.get("selected_features") or []
-    scores = selection.get("scores") or {}
-    lines = [f"method `{method}`, {len(names)} features kept", "", "| feature | MI (nats) |", "|---|---:|"]
+    names = list(selection.get("selected_names") or [])
+    scores = selection.get("scores")
+    if isinstance(scores, list):
+        scores = dict(zip(selection.get("feature_names_in") or [], scores))
+    scores = scores or {}
+    params = selection.get("params") or {}
+    settings = ", ".join(f"{k} {v}" for k, v in params.items())
+    lines = [f"method `{method}` ({settings}), {len(names)} features kept", "",
+             "| feature | MI with the label (nats) |", "|---|---:|"]
     for name in names:
-        score = scores.get(name) if isinstance(scores, dict) else None
+        score = scores.get(name)
         lines.append(f"| {name} | {score:.4f} |" if isinstance(score, (int, float)) else f"| {name} | n/a |")
     return "\n".join(lines)

@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from hclr_ids.pipeline import run
+    from hclr_ids.progress import stage_progress
 
-    metrics = run(config_from_args(args), args.out, with_baselines=not args.no_baselines)
+    with stage_progress() as progress:
+        metrics = run(config_from_args(args), args.out, with_baselines=not args.no_baselines, progress=progress)
     for name, values in metrics["models"].items():
         acc, f1 = values["accuracy"], values["macro_f1"]
         acc = acc["mean"] if isinstance(acc, dict) else acc

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     from hclr_ids.pipeline import train
+    from hclr_ids.progress import stage_progress
 
-    metrics = train(config_from_args(args), args.out)
+    with stage_progress() as progress:
+        metrics = train(config_from_args(args), args.out, progress=progress)
     print(f"validation: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}; bundle in {args.out}")
     return 0
