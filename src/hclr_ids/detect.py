@@ -1,14 +1,18 @@
 """Streaming detection: score flow-window rows in micro-batches and write one JSON record per row.
 
-Rows come from CSV or Parquet files, a folder of them, or an unbounded CSV stream (header first). A
-micro-batch is scored when it contains ``batch_size`` rows or when its oldest row has waited
-``max_latency_ms``, so a slow stream is answered promptly and a fast one in large batches.
+Rows come from CSV or Parquet files, a folder of them, or an unbounded CSV stream (header first). Packet
+captures (pcap or pcapng, recognised by their magic bytes) and live capture on a network interface are turned
+into window rows by :mod:`hclr_ids.pcap` and scored as each window completes. A micro-batch is scored when it
+contains ``batch_size`` rows or when its oldest row has waited ``max_latency_ms``, so a slow stream is
+answered promptly and a fast one in large batches.
 
 Records follow Suricata's EVE JSON conventions: an ISO-8601 ``timestamp`` with offset and an
 ``event_type`` of ``alert`` (attack verdicts, with ``alert.signature``, ``alert.category``,
 ``alert.severity`` and ``alert.signature_id``), ``flow`` (benign verdicts), ``error`` (rows that could not be
-scored) or ``stats`` (the summary written last). Every input row gets exactly one record, in input order,
-unless ``alerts_only`` drops the ``flow`` records.
+scored) or ``stats`` (the summary written last). Every input row or window gets exactly one record, in input
+order, unless ``alerts_only`` drops the ``flow`` records. Records of capture windows also carry the dominant
+flow's 5-tuple (``src_ip``, ``src_port``, ``dest_ip``, ``dest_port``, ``proto``) and a ``window`` object with
+the epoch times of its first and last packet.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -30,6 +35,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from hclr_ids.data import MISSING_SPELLINGS, NEGATIVE_INF_SPELLINGS, POSITIVE_INF_SPELLINGS
+from hclr_ids.pcap import ExtractorConfig, FeatureWindow
 from hclr_ids.schema import CATEGORIES, CLASSES, FEATURE_COLUMNS, category_of, is_attack
 
 if TYPE_CHECKING:
@@ -47,8 +53,15 @@ LABEL_COLUMNS: frozenset[str] = frozenset({"label", "class", "category"})
 SIGNATURE_ID_BASE = 1_900_000
 #: EVE severity of each category: 1 is the most severe.
 CATEGORY_SEVERITY: dict[str, int] = {"DDoS": 1, "DoS": 1, "MQTT": 2, "Spoofing": 2, "Recon": 3, "Attack": 2}
-FILE_SUFFIXES = (".csv", ".parquet", ".pq")
+FILE_SUFFIXES = (".csv", ".parquet", ".pq", ".pcap", ".pcapng", ".cap")
 STDIN_SOURCE = "stdin"
+#: First four bytes of classic pcap (both byte orders, micro- and nanosecond) and of a pcapng section header.
+CAPTURE_MAGICS: frozenset[bytes] = frozenset({
+    b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a",
+})
+PARQUET_MAGIC = b"PAR1"
+#: EVE ``proto`` names of IP protocol numbers; other protocols are written as their number.
+PROTOCOL_NAMES: dict[int, str] = {1: "ICMP", 2: "IGMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP"}
 _MAX_LOGGED_ERRORS = 10
 _POLL_S = 0.2
 
@@ -78,6 +91,8 @@ class DetectConfig:
     Training drops such rows with the same default limit."""
     read_block_bytes: int = 1 << 16
     """Bytes read from a CSV stream at a time."""
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    """Window size and mode of the features computed from packet captures and live interfaces."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -86,6 +101,7 @@ class DetectConfig:
             raise ValueError(f"max_latency_ms must be >= 0, got {self.max_latency_ms}")
         if not 0.0 <= self.max_missing_fraction <= 1.0:
             raise ValueError(f"max_missing_fraction must lie in [0, 1], got {self.max_missing_fraction}")
+        self.extractor.validate()
 
 
 @dataclass
@@ -202,9 +218,48 @@ class ParsedRows:
     """Message of each row that cannot be scored, else None (object array)."""
     error_fields: np.ndarray | None = None
     """Column named by each row's error, else None (object array); None when no error names a column."""
+    missing_fraction: np.ndarray | None = None
+    """Fraction of missing or non-finite cells of each row (float64); None when not computed."""
+    windows: WindowColumns | None = None
+    """Packet times and dominant flow of each row when the rows are capture windows."""
+    source_key: str = "file"
+    """Key of ``source`` in the records: ``file``, or ``interface`` for live capture."""
 
     def __len__(self) -> int:
         return len(self.row_numbers)
+
+
+@dataclass
+class WindowColumns:
+    """Per-row metadata of capture windows, one array entry per row."""
+
+    first_time: np.ndarray
+    """Epoch seconds of each window's first packet (float64)."""
+    last_time: np.ndarray
+    packets: np.ndarray
+    """Frames averaged into each window (int64)."""
+    src_ip: np.ndarray
+    """Dominant flow's source address, or None when no frame had an IP flow (object array, as the next three)."""
+    src_port: np.ndarray
+    dest_ip: np.ndarray
+    dest_port: np.ndarray
+    proto: np.ndarray
+    """EVE protocol name (``TCP``, ``UDP`` ...) or number as text, or None (object array)."""
+
+    @classmethod
+    def from_windows(cls, windows: list[FeatureWindow]) -> WindowColumns:
+        flows = [w.flow for w in windows]
+        return cls(
+            first_time=np.fromiter((w.first_time for w in windows), np.float64, len(windows)),
+            last_time=np.fromiter((w.last_time for w in windows), np.float64, len(windows)),
+            packets=np.fromiter((w.packets for w in windows), np.int64, len(windows)),
+            src_ip=np.array([f.src_ip if f else None for f in flows], dtype=object),
+            src_port=np.array([f.src_port if f else None for f in flows], dtype=object),
+            dest_ip=np.array([f.dst_ip if f else None for f in flows], dtype=object),
+            dest_port=np.array([f.dst_port if f else None for f in flows], dtype=object),
+            proto=np.array([PROTOCOL_NAMES.get(f.protocol, str(f.protocol)) if f else None for f in flows],
+                           dtype=object),
+        )
 
 
 def _cell_expressions(frame: pl.DataFrame, features: list[str]) -> tuple[list[pl.Expr], list[pl.Expr]]:
@@ -259,7 +314,7 @@ def parse_frame(
         errors[i] = (f"{source}: row {row_numbers[i]}: {int(imputed[i].sum())} of {len(features)} cells are missing "
                      f"or non-finite ({fraction[i]:.0%}), more than the limit of {max_missing_fraction:.0%}; "
                      "not scored")
-    return ParsedRows(source, row_numbers, X, imputed, errors, error_fields)
+    return ParsedRows(source, row_numbers, X, imputed, errors, error_fields, fraction)
 
 
 def parse_csv_lines(
@@ -296,14 +351,17 @@ def parse_csv_lines(
     imputed = np.zeros((n, len(features)), bool)
     errors = np.full(n, None, dtype=object)
     error_fields = np.full(n, None, dtype=object)
+    missing_fraction = np.full(n, np.nan)
     X[good], imputed[good], errors[good] = parsed.X, parsed.imputed, parsed.errors
     if parsed.error_fields is not None:
         error_fields[good] = parsed.error_fields
+    if parsed.missing_fraction is not None:
+        missing_fraction[good] = parsed.missing_fraction
     for i in np.flatnonzero(~good):
         blank = n_fields[i] == 1 and not lines[i].strip()
         found = "is blank" if blank else f"has {n_fields[i]} fields"
         errors[i] = f"{source}: row {row_numbers[i]} {found}, expected {plan.n_columns} like the header"
-    return ParsedRows(source, row_numbers, X, imputed, errors, error_fields)
+    return ParsedRows(source, row_numbers, X, imputed, errors, error_fields, missing_fraction)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -361,17 +419,23 @@ class RecordWriter:
             columns: dict[str, Any] = {
                 "timestamp": pl.Series([stamp]).new_from_index(0, len(index)),
                 "event_type": pl.Series(["alert" if want_alert else "flow"]).new_from_index(0, len(index)),
-                "source": pl.DataFrame({
-                    "file": pl.Series([rows.source]).new_from_index(0, len(index)),
-                    "row": rows.row_numbers[index],
-                }).to_struct(),
+            }
+            if rows.windows is not None:
+                columns.update(_flow_tuple_columns(rows.windows, index))
+            columns["source"] = pl.DataFrame({
+                rows.source_key: pl.Series([rows.source]).new_from_index(0, len(index)),
+                "row": rows.row_numbers[index],
+            }).to_struct()
+            if rows.windows is not None:
+                columns["window"] = _window_struct(rows.windows, index)
+            columns.update({
                 "verdict": pl.DataFrame({
                     "class": self.classes[k].astype(str),
                     "category": self.categories[k].astype(str),
                     "attack": attack[pick],
                     "confidence": np.round(confidence[pick].astype(np.float64), 6),
                 }).to_struct(),
-            }
+            })
             if want_alert:
                 columns["alert"] = pl.DataFrame({
                     "action": pl.Series(["allowed"]).new_from_index(0, len(index)),
@@ -387,17 +451,55 @@ class RecordWriter:
             text = pl.DataFrame(columns).write_ndjson()
             lines[index] = text.splitlines()
         for i in np.flatnonzero(errors != None):  # noqa: E711 (element-wise on objects)
-            lines[i] = json.dumps({
-                "timestamp": stamp, "event_type": "error",
-                "source": {"file": rows.source, "row": int(rows.row_numbers[i])},
-                "error": {"message": errors[i]}, "model_version": self.model_version,
-            }, separators=(",", ":"))
+            lines[i] = json.dumps(self._error_record(rows, int(i), str(errors[i]), stamp), separators=(",", ":"))
         kept = lines[lines != None]  # noqa: E711 (element-wise on objects)
         return "".join(line + "\n" for line in kept)
+
+    def _error_record(self, rows: ParsedRows, i: int, message: str, stamp: str) -> dict[str, Any]:
+        error: dict[str, Any] = {"message": message}
+        if rows.error_fields is not None and rows.error_fields[i] is not None:
+            error["field"] = rows.error_fields[i]
+        if rows.missing_fraction is not None and np.isfinite(rows.missing_fraction[i]):
+            error["missing_fraction"] = round(float(rows.missing_fraction[i]), 6)
+        record: dict[str, Any] = {"timestamp": stamp, "event_type": "error"}
+        windows = rows.windows
+        if windows is not None:
+            for name in ("src_ip", "src_port", "dest_ip", "dest_port", "proto"):
+                record[name] = getattr(windows, name)[i]
+        record["source"] = {rows.source_key: rows.source, "row": int(rows.row_numbers[i])}
+        if windows is not None:
+            record["window"] = {"first_time": float(windows.first_time[i]), "last_time": float(windows.last_time[i]),
+                                "packets": int(windows.packets[i])}
+        record["error"] = error
+        record["model_version"] = self.model_version
+        return record
 
     def stats_record(self, stats: DetectionStats) -> str:
         return json.dumps({"timestamp": timestamp_now(), "event_type": "stats", "stats": stats.to_dict(),
                            "model_version": self.model_version}, separators=(",", ":")) + "\n"
+
+
+def _flow_tuple_columns(windows: WindowColumns, index: np.ndarray) -> dict[str, pl.Series]:
+    """Return the EVE 5-tuple columns of the rows at ``index``; null where a window has no IP flow."""
+    import polars as pl
+
+    return {
+        "src_ip": pl.Series(windows.src_ip[index].tolist(), dtype=pl.String),
+        "src_port": pl.Series(windows.src_port[index].tolist(), dtype=pl.Int64),
+        "dest_ip": pl.Series(windows.dest_ip[index].tolist(), dtype=pl.String),
+        "dest_port": pl.Series(windows.dest_port[index].tolist(), dtype=pl.Int64),
+        "proto": pl.Series(windows.proto[index].tolist(), dtype=pl.String),
+    }
+
+
+def _window_struct(windows: WindowColumns, index: np.ndarray) -> pl.Series:
+    import polars as pl
+
+    return pl.DataFrame({
+        "first_time": windows.first_time[index],
+        "last_time": windows.last_time[index],
+        "packets": windows.packets[index],
+    }).to_struct()
 
 
 def _imputed_names(mask: np.ndarray, names: list[str]) -> pl.Series:
@@ -478,7 +580,7 @@ class Detector:
     # -------------------------------------------------------------- inputs
 
     def run(self, input_path: str | Path, stdin: IO[bytes] | None = None) -> DetectionStats:
-        """Score a CSV or Parquet file, a folder of them, or ``-`` for a CSV stream on ``stdin``."""
+        """Score a CSV, Parquet or capture file, a folder of them, or ``-`` for a CSV stream on ``stdin``."""
         if str(input_path) == "-":
             if stdin is None:
                 raise ValueError("input '-' needs a binary stdin stream")
@@ -487,12 +589,97 @@ class Detector:
         for path in input_files(input_path):
             if self.stop_event.is_set():
                 break
-            if path.suffix.lower() in (".parquet", ".pq"):
+            kind = input_kind(path)
+            if kind == "capture":
+                self.run_capture(path)
+            elif kind == "parquet":
                 self.run_parquet(path)
             else:
                 with open(path, "rb") as handle:
                     self.run_csv_stream(handle, str(path))
         return self.stats
+
+    def run_capture(self, path: Path) -> None:
+        """Score the feature windows of a pcap or pcapng file as the extractor completes them."""
+        from hclr_ids.pcap import iter_windows
+
+        self.run_windows(iter_windows(path, self.config.extractor), str(path), "file")
+
+    def run_interface(self, interface: str | InterfaceCapture) -> None:
+        """Capture on ``interface`` and score each window as it completes, until :meth:`stop` is called.
+
+        Opening an interface by name needs root or the CAP_NET_RAW capability. When stopped, the frames of
+        the unfinished window are scored as one short window, as at the end of a capture file.
+        """
+        from hclr_ids.pcap import windows_from_records
+
+        capture = open_interface(interface) if isinstance(interface, str) else interface
+        interface = capture.interface
+        logger.info("capturing on %s (link type %d, window %d, mode %s)", interface, capture.linktype,
+                    self.config.extractor.window, self.config.extractor.mode)
+        records = capture.records(self.stop_event)
+        self.run_windows(windows_from_records(records, self.config.extractor), interface, "interface",
+                         drain_on_stop=True)
+        logger.info("capture on %s stopped: %d frames received, %d outgoing loopback copies skipped",
+                    interface, capture.received, capture.skipped)
+
+    def run_windows(self, windows: Iterable[FeatureWindow], source: str, source_key: str = "file",
+                    *, drain_on_stop: bool = False) -> None:
+        """Score windows in micro-batches while a thread computes them.
+
+        A batch is scored once it contains ``batch_size`` windows or its oldest window has waited
+        ``max_latency_ms``. After :meth:`stop`, production stops at the next window unless ``drain_on_stop``
+        is set. Set it only for a window source that ends by itself once stopped, such as live capture.
+        """
+        positions = _feature_positions(self.features, source)
+        produced: queue.Queue[FeatureWindow | BaseException | None] = queue.Queue(maxsize=4 * self.config.batch_size)
+
+        def produce() -> None:
+            try:
+                for window in windows:
+                    produced.put(window)
+                    if self.stop_event.is_set() and not drain_on_stop:
+                        return
+            except BaseException as error:  # handed to the scoring thread, which raises it
+                produced.put(error)
+            finally:
+                produced.put(None)
+
+        thread = threading.Thread(target=produce, name="hclr-ids-windows", daemon=True)
+        thread.start()
+        latency_s = self.config.max_latency_ms / 1000.0
+        pending: list[FeatureWindow] = []
+        oldest = 0.0
+        next_row = 1
+        ended = False
+        while not ended:
+            wait = _POLL_S if not pending else min(_POLL_S, max(0.0, oldest + latency_s - time.monotonic()))
+            try:
+                item = produced.get(timeout=wait)
+            except queue.Empty:
+                item = False
+            while item is not False:
+                if item is None:
+                    ended = True
+                    break
+                if isinstance(item, BaseException):
+                    thread.join()
+                    raise item
+                if not pending:
+                    oldest = time.monotonic()
+                pending.append(item)
+                if len(pending) >= self.config.batch_size:
+                    break
+                try:
+                    item = produced.get_nowait()
+                except queue.Empty:
+                    item = False
+            if pending and (ended or len(pending) >= self.config.batch_size
+                            or time.monotonic() >= oldest + latency_s):
+                self.score(_window_rows(pending, positions, source, source_key, next_row))
+                next_row += len(pending)
+                pending = []
+        thread.join()
 
     def run_csv_stream(self, stream: IO[bytes], source: str) -> None:
         """Score a CSV stream whose first line is the header, until it ends or :meth:`stop` is called."""
@@ -627,28 +814,165 @@ class Detector:
 
 
 def input_files(path: str | Path) -> list[Path]:
-    """Return a CSV or Parquet file, or those in a folder and its subfolders in name order."""
+    """Return a file, or the CSV, Parquet and capture files in a folder and its subfolders in name order."""
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
         if not files:
-            raise ValueError(f"{path}: no .csv, .parquet or .pq files in this folder")
+            raise ValueError(f"{path}: no {', '.join(FILE_SUFFIXES)} files in this folder")
         return files
-    raise FileNotFoundError(f"input {path} not found; pass a CSV or Parquet file, a folder of them, or - for stdin")
+    raise FileNotFoundError(
+        f"input {path} not found; pass a CSV, Parquet or pcap file, a folder of them, or - for CSV on stdin"
+    )
+
+
+def input_kind(path: Path) -> str:
+    """Return ``capture``, ``parquet`` or ``csv`` from a file's first bytes, whatever its name."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head in CAPTURE_MAGICS:
+        return "capture"
+    if head == PARQUET_MAGIC:
+        return "parquet"
+    return "csv"
+
+
+def _feature_positions(input_features: list[str], source: str) -> np.ndarray:
+    """Return the index in ``FEATURE_COLUMNS`` of each model input, as computed from packets."""
+    missing = [name for name in input_features if name not in FEATURE_COLUMNS]
+    if missing:
+        raise ValueError(
+            f"{source}: the model needs columns {missing} that packet captures do not provide; the extractor "
+            f"computes only the 45 release columns"
+        )
+    return np.asarray([FEATURE_COLUMNS.index(name) for name in input_features], dtype=np.int64)
+
+
+def _window_rows(windows: list[FeatureWindow], positions: np.ndarray, source: str, source_key: str,
+                 first_row: int) -> ParsedRows:
+    n = len(windows)
+    X = np.vstack([w.features for w in windows])[:, positions].astype(np.float32)
+    imputed = ~np.isfinite(X)
+    X[imputed] = np.nan
+    return ParsedRows(
+        source=source,
+        row_numbers=np.arange(first_row, first_row + n, dtype=np.int64),
+        X=X,
+        imputed=imputed,
+        errors=np.full(n, None, dtype=object),
+        windows=WindowColumns.from_windows(windows),
+        source_key=source_key,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Live capture
+
+#: ``ETH_P_ALL`` from <linux/if_ether.h>: receive every protocol.
+ETH_P_ALL = 0x0003
+#: ``PACKET_OUTGOING`` from <linux/if_packet.h>: a frame this host sent.
+PACKET_OUTGOING = 4
+#: Link type of each ARPHRD_* hardware type that the feature extractor decodes. Linux gives loopback
+#: frames a 14-byte Ethernet header with zero addresses, so loopback is read as Ethernet.
+ARPHRD_LINKTYPES: dict[int, int] = {1: 1, 772: 1, 65534: 101}
+_ARPHRD_LOOPBACK = 772
+_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+_MAX_FRAME_BYTES = 262_144
+
+
+class InterfaceCapture:
+    """Raw AF_PACKET socket bound to one interface, the source of ``(timestamp, frame, link type)`` records.
+
+    On loopback every frame passes the socket twice (sent and received), so the sent copy is skipped, as
+    libpcap does. Timestamps are taken with ``time.time()`` when ``recvfrom_into`` returns.
+    """
+
+    def __init__(self, sock: socket.socket, interface: str, linktype: int, loopback: bool) -> None:
+        self.socket = sock
+        self.interface = interface
+        self.linktype = linktype
+        self.loopback = loopback
+        self.received = 0
+        self.skipped = 0
+
+    def records(self, stop_event: threading.Event, poll_s: float = _POLL_S) -> Iterator[tuple[float, bytes, int]]:
+        """Yield records until ``stop_event`` is set (checked every ``poll_s`` seconds), then close the socket."""
+        buffer = bytearray(_MAX_FRAME_BYTES)
+        view = memoryview(buffer)
+        self.socket.settimeout(poll_s)
+        try:
+            while not stop_event.is_set():
+                try:
+                    size, address = self.socket.recvfrom_into(buffer)
+                except TimeoutError:
+                    continue
+                except InterruptedError:
+                    continue
+                stamp = time.time()
+                if self.loopback and address[2] == PACKET_OUTGOING:
+                    self.skipped += 1
+                    continue
+                self.received += 1
+                yield stamp, bytes(view[:size]), self.linktype
+        finally:
+            self.socket.close()
+
+
+def open_interface(interface: str) -> InterfaceCapture:
+    """Open a raw AF_PACKET socket on ``interface``.
+
+    Raises:
+        PermissionError: without root or CAP_NET_RAW.
+        ValueError: when the interface does not exist or has a link layer the extractor cannot decode.
+    """
+    if not hasattr(socket, "AF_PACKET"):
+        raise OSError("live capture needs Linux AF_PACKET sockets; record with tcpdump -w FILE and pass --input FILE")
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError as error:
+        raise PermissionError(
+            f"capturing on {interface} needs root or the CAP_NET_RAW capability ({error}); run as root, grant "
+            f"it with 'setcap cap_net_raw+ep' on the Python interpreter, or record with "
+            f"'tcpdump -i {interface} -w FILE' and pass --input FILE"
+        ) from error
+    try:
+        # Python converts the protocol to network byte order for AF_PACKET addresses.
+        sock.bind((interface, ETH_P_ALL))
+        hardware_type = sock.getsockname()[3]
+    except OSError as error:
+        sock.close()
+        raise ValueError(f"cannot capture on interface {interface!r}: {error}; list interfaces with 'ip link'") from error
+    if hardware_type not in ARPHRD_LINKTYPES:
+        sock.close()
+        raise ValueError(
+            f"interface {interface!r} has hardware type {hardware_type}; live capture decodes Ethernet (1), "
+            "loopback (772) and raw IP (65534) interfaces only"
+        )
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES)
+    return InterfaceCapture(sock, interface, ARPHRD_LINKTYPES[hardware_type], hardware_type == _ARPHRD_LOOPBACK)
 
 
 def run_detection(
-    scorer: Scorer, input_path: str | Path, output: IO[str], config: DetectConfig | None = None,
+    scorer: Scorer, input_path: str | Path | None, output: IO[str], config: DetectConfig | None = None,
     *, stdin: IO[bytes] | None = None, on_start: Callable[[Detector], None] | None = None,
+    interface: str | InterfaceCapture | None = None,
 ) -> DetectionStats:
-    """Score ``input_path`` (a file, a folder or ``-``) into ``output`` and write the stats record."""
+    """Score ``input_path`` (a file, a folder or ``-``) or a live ``interface`` (a name or an opened capture)
+    into ``output``, then write the stats record. Exactly one of ``input_path`` and ``interface`` is given."""
+    if (input_path is None) == (interface is None):
+        raise ValueError("pass exactly one of an input path and an interface")
+    # Open the interface first, so that missing capture rights fail before any record is written.
+    capture = open_interface(interface) if isinstance(interface, str) else interface
     detector = Detector(scorer, output, config)
     if on_start is not None:
         on_start(detector)
     try:
-        detector.run(input_path, stdin=stdin)
+        if capture is not None:
+            detector.run_interface(capture)
+        else:
+            detector.run(input_path, stdin=stdin)
     finally:
         detector.finish()
     logger.info("detection finished: %s", detector.stats.summary())

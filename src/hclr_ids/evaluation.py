@@ -25,7 +25,7 @@ def compute_metrics(
         y_true: true class indices into ``labels``, shape (n_samples,).
         y_pred: predicted class indices, shape (n_samples,).
         proba: class probabilities, shape (n_samples, len(labels)), or None to skip ROC AUC.
-        labels: every class the model knows plus any class seen only in ``y_true``.
+        labels: every class the model predicts, then any class that occurs only in ``y_true``.
 
     Macro averages run over every label that occurs in ``y_true`` or ``y_pred``, so a test class
     the model never predicts counts with recall 0. ROC AUC is one-vs-rest, macro-averaged over the

@@ -55,6 +55,13 @@ def export_onnx(bundle: Any, out_path: str | Path, *, opset: int = DEFAULT_OPSET
         # The LSTM's initial state is built from the batch size at run time, so the exporter's warning about
         # batch sizes other than 1 does not apply. Tests compare torch and onnxruntime at batch sizes 1, 7 and 64.
         warnings.filterwarnings("ignore", message="Exporting a model to ONNX with a batch_size other than 1")
+        # torch 2.9 and later deprecate the TorchScript exporter in favour of the torch.export one. That one
+        # needs onnxscript, so the export keeps the TorchScript exporter and silences the warning.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        # The tracer warns that the LSTM's input-size checks become constants, which they are for a fixed model.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             module, (example,), str(partial), dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -111,9 +118,11 @@ class OnnxScorer:
         self.task: str = str(json.loads(props["task"]))
         self.version: str = str(json.loads(props["model_version"]))
 
-    def predict_proba(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    def predict_proba(self, X: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Score raw feature rows of shape (n_samples, n_inputs); NaN and +-inf are imputed in the graph.
 
+        Rows are run ``batch_size`` at a time. With the default CNN-LSTM, runs of 2048 rows scored 1.2-1.3x
+        as many flows/s as runs of 8192 (onnxruntime 1.32, 8192 real rows, 1 or 2 threads, shared 2-core VM).
         Returns class probabilities of shape (n_samples, n_classes), float32.
         """
         X = np.ascontiguousarray(X, dtype=np.float32)

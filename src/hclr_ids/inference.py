@@ -114,7 +114,7 @@ def predict_file(
 ) -> dict[str, int]:
     """Score every row of a CSV/Parquet file or folder; write one output row per input row, in order.
 
-    The output (CSV, Parquet or JSON Lines, chosen by the extension) holds the source file and row, the
+    The output (CSV, Parquet or JSON Lines, chosen by the extension) contains the source file and row, the
     predicted label, its category, whether it is an attack, the confidence, the fraction of missing or
     non-finite input cells, and one probability column per class.
     """

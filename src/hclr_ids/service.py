@@ -96,7 +96,9 @@ class Predictor:
         self.features = list(scorer.input_features)
         self.record_type = flow_record_type(self.features)
         self.adapter = TypeAdapter(list[self.record_type])  # type: ignore[name-defined]
-        classes = list(scorer.classes)
+        self._set_classes(list(scorer.classes))
+
+    def _set_classes(self, classes: list[str]) -> None:
         self.classes = np.asarray(classes, dtype=object)
         self.categories = np.asarray([category_of(c) for c in classes], dtype=object)
         self.attack = np.asarray([is_attack(c) for c in classes], dtype=bool)
@@ -207,12 +209,18 @@ class Predictor:
         if not np.isfinite(proba).all():
             raise RuntimeError(f"model {self.scorer.version} returned non-finite probabilities")
         best = proba.argmax(axis=1) if len(X) else np.zeros(0, dtype=np.int64)
+        if proba.shape[1] != len(self.classes) and len(X):  # an adaptive scorer has learned new classes
+            self._set_classes(list(self.scorer.classes)[: proba.shape[1]])
         frame = pl.DataFrame({
             "class": self.classes[best].astype(str),
             "category": self.categories[best].astype(str),
             "attack": self.attack[best],
             "confidence": np.round(proba[np.arange(len(best)), best].astype(np.float64), 6),
         })
+        # An adaptive scorer (adaptation.OnlineLearner) adds flow ids, versions and unknown-traffic flags.
+        annotate = getattr(self.scorer, "annotate_verdicts", None)
+        if annotate is not None:
+            frame = annotate(frame, X, proba)
         head = json.dumps({"model_version": self.scorer.version, "task": getattr(self.scorer, "task", None)})
         verdicts = frame.write_json() if len(best) else "[]"
         return (head[:-1] + ', "verdicts": ' + verdicts + "}").encode()
