@@ -1,0 +1,192 @@
+"""Online adaptation from feedback, on a real bundle trained without the class Recon-OS_Scan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from conftest import small_run_config
+from fastapi.testclient import TestClient
+
+from hclr_ids.adaptation import AdaptConfig, OnlineLearner, add_feedback_routes, grow_head
+from hclr_ids.bundle import load_bundle
+from hclr_ids.schema import FEATURE_COLUMNS
+from hclr_ids.service import create_app
+
+NEW_CLASS = "Recon-OS_Scan"
+
+
+@pytest.fixture(scope="module")
+def holdout_run(release_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A hybrid bundle trained on the real subset without NEW_CLASS, with the rows of each split."""
+    from hclr_ids import data, pipeline, splits, training
+
+    cache = tmp_path_factory.mktemp("cache")
+    config = small_run_config(release_root, cache, **{"data.max_train_rows": 2000, "encoder.max_epochs": 2})
+    dataset = data.load_dataset(release_root, cache_dir=str(cache))
+    split = splits.make_split(dataset, "contiguous", task="multiclass", seed=0)
+    targets = dataset.targets("multiclass")
+    split.train = split.train[targets[split.train] != NEW_CLASS]
+    split.val = split.val[targets[split.val] != NEW_CLASS]
+    training.set_seed(0)
+    prepared = pipeline.prepare(config, dataset, split)
+    model = pipeline.fit_models(config, prepared)
+    out = tmp_path_factory.mktemp("bundle") / "without-os-scan"
+    pipeline.save_model(out, config, prepared, model)
+    rng = np.random.default_rng(0)
+    reference = rng.choice(split.val, 2000, replace=False)
+    new_rows = split.test[targets[split.test] == NEW_CLASS]
+    return {"bundle": out, "X": dataset.X, "labels": targets, "reference": reference, "new": new_rows,
+            "old_train": split.train, "test": split.test}
+
+
+def _learner(run: dict, **overrides) -> OnlineLearner:
+    config = AdaptConfig(**overrides)
+    return OnlineLearner.from_bundle(run["bundle"], config, reference_X=run["X"][run["reference"]],
+                                     reference_labels=run["labels"][run["reference"]])
+
+
+def _records(X: np.ndarray) -> list[dict[str, float]]:
+    return [dict(zip(FEATURE_COLUMNS, map(float, row))) for row in X]
+
+
+def _head_tensors(learner: OnlineLearner) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in learner.head.state_tensors().items()}
+
+
+def test_grown_head_keeps_verdicts(holdout_run):
+    bundle = load_bundle(holdout_run["bundle"])
+    learner = OnlineLearner(bundle)
+    states = learner.embed(holdout_run["X"][holdout_run["reference"][:500]])
+    grown = grow_head(bundle.head, 1)
+    assert grown.n_classes == bundle.head.n_classes + 1
+    assert np.array_equal(grown.predict(states), bundle.head.predict(states))
+
+
+def test_service_feedback_teaches_new_class(holdout_run):
+    learner = _learner(holdout_run, ppo_learning_rate=1e-3, dqn_learning_rate=1e-3, gradient_steps=32,
+                       rollback_margin=1.0, holdout_every=0)
+    app = create_app(learner)
+    add_feedback_routes(app, learner)
+    new = holdout_run["new"]
+    taught, later = new[:480], new[-400:]
+    with TestClient(app) as client:
+        before = client.post("/v1/predict", json=_records(holdout_run["X"][later])).json()
+        first = client.post("/v1/predict", json=_records(holdout_run["X"][taught])).json()
+        flow_ids = [verdict["flow_id"] for verdict in first["verdicts"]]
+        for start in range(0, len(flow_ids), 32):
+            items = [{"flow_id": i, "label": NEW_CLASS} for i in flow_ids[start:start + 32]]
+            response = client.post("/v1/feedback", json=items)
+            assert response.status_code == 200, response.text
+        after = client.post("/v1/predict", json=_records(holdout_run["X"][later])).json()
+    recall_before = np.mean([v["class"] == NEW_CLASS for v in before["verdicts"]])
+    recall_after = np.mean([v["class"] == NEW_CLASS for v in after["verdicts"]])
+    assert recall_before == 0.0
+    assert recall_after > 0.5
+    assert NEW_CLASS in learner.classes
+    assert after["verdicts"][0]["model_version"] == learner.version != before["verdicts"][0]["model_version"]
+
+
+def test_poisoned_batch_rolled_back(holdout_run):
+    learner = _learner(holdout_run, ppo_learning_rate=3e-3, dqn_learning_rate=3e-3, gradient_steps=64)
+    rows = np.random.default_rng(1).choice(holdout_run["old_train"], 512, replace=False)
+    true = holdout_run["labels"][rows]
+    classes = learner.classes
+    flipped = [classes[(classes.index(label) + 1) % len(classes)] for label in true]
+    version, weights = learner.version, _head_tensors(learner)
+
+    result = learner.add_feedback(holdout_run["X"][rows], flipped, force=True)
+
+    assert result.rollbacks == 1
+    assert learner.history[-1].accepted is False
+    assert learner.version == version
+    restored = _head_tensors(learner)
+    assert all(np.array_equal(restored[k], weights[k]) for k in weights)
+
+
+def test_snapshot_written_as_bundle(holdout_run, tmp_path):
+    learner = OnlineLearner.from_bundle(holdout_run["bundle"], AdaptConfig(rollback_margin=1.0),
+                                        snapshot_dir=tmp_path)
+    rows = holdout_run["new"][:40]
+    learner.add_feedback(holdout_run["X"][rows], [NEW_CLASS] * len(rows), force=True)
+    snapshot = load_bundle(tmp_path / "adapt-1")
+    assert snapshot.version == learner.version
+    assert snapshot.version.endswith("+adapt.1")
+    assert snapshot.classes[-1] == NEW_CLASS
+    assert snapshot.predict_proba(holdout_run["X"][rows]).shape == (len(rows), len(learner.classes))
+
+
+@pytest.mark.parametrize("body, status, kind", [
+    ([{"flow_id": "nope-1", "label": "Benign"}], 422, "unknown_flow_id"),
+    ([{"features": {}, "label": "Not_A_Class"}], 422, "unknown_label"),
+    ([{"flow_id": "x", "label": "Benign", "comment": "hi"}], 422, "extra_forbidden"),
+    ([{"label": "Benign"}], 422, "missing"),
+    ({"flow_id": "x", "label": "Benign"}, 422, "list_type"),
+])
+def test_malformed_feedback_rejected(holdout_run, body, status, kind):
+    learner = OnlineLearner.from_bundle(holdout_run["bundle"])
+    app = create_app(learner)
+    add_feedback_routes(app, learner)
+    version, weights, seen = learner.version, _head_tensors(learner), learner.feedback_seen
+    with TestClient(app) as client:
+        response = client.post("/v1/feedback", json=body)
+    assert response.status_code == status
+    assert kind in {detail["type"] for detail in response.json()["detail"]}
+    assert (learner.version, learner.feedback_seen) == (version, seen)
+    assert all(np.array_equal(_head_tensors(learner)[k], weights[k]) for k in weights)
+
+
+def test_invalid_json_feedback_is_400(holdout_run):
+    learner = OnlineLearner.from_bundle(holdout_run["bundle"])
+    app = create_app(learner)
+    add_feedback_routes(app, learner)
+    with TestClient(app) as client:
+        response = client.post("/v1/feedback", content=b"[{", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_adapt_command_leaves_model_untouched(holdout_run, tmp_path):
+    from hclr_ids.cli import main
+
+    rows = np.concatenate([holdout_run["new"][:64], holdout_run["old_train"][:64]])
+    table = pl.DataFrame(holdout_run["X"][rows], schema=list(FEATURE_COLUMNS))
+    table = table.with_columns(pl.Series("label", holdout_run["labels"][rows].astype(str)))
+    feedback = tmp_path / "feedback.csv"
+    table.write_csv(feedback)
+    before = _digest(holdout_run["bundle"])
+
+    status = main(["adapt", "--model", str(holdout_run["bundle"]), "--feedback", str(feedback),
+                   "--out", str(tmp_path / "adapted")])
+
+    assert status == 0
+    assert _digest(holdout_run["bundle"]) == before
+    adapted = load_bundle(tmp_path / "adapted")
+    assert NEW_CLASS in adapted.classes
+    assert "+adapt." in adapted.version
+    summary = json.loads((tmp_path / "adapted" / "adaptation.json").read_text())
+    assert summary["feedback_rows"] == 128
+
+
+def test_adapt_rejects_unknown_label(holdout_run, tmp_path):
+    from hclr_ids.cli import main
+
+    rows = holdout_run["old_train"][:8]
+    table = pl.DataFrame(holdout_run["X"][rows], schema=list(FEATURE_COLUMNS))
+    table = table.with_columns(pl.Series("label", ["Benign"] * 7 + ["Not_A_Class"]))
+    feedback = tmp_path / "feedback.csv"
+    table.write_csv(feedback)
+
+    status = main(["adapt", "--model", str(holdout_run["bundle"]), "--feedback", str(feedback),
+                   "--out", str(tmp_path / "adapted")])
+
+    assert status == 1
+    assert not (tmp_path / "adapted").exists()
