@@ -1,6 +1,7 @@
 """Batch throughput and single-flow latency of the model next to RandomForest and LightGBM.
 
 Usage: python benchmarks/bench_scoring.py --model RUN_DIR [--data DIR] [--seconds S] [--profile-onnx]
+                                         [--onnx-threads N] [--onnx-batch N]
 
 RUN_DIR is a bundle directory (torch and onnxruntime are measured; model.onnx is exported next to it if
 missing) or an .onnx file (onnxruntime only). The baselines use scikit-learn's and LightGBM's default
@@ -80,6 +81,9 @@ def main() -> None:
     parser.add_argument("--score-rows", type=int, default=100_000, help="rows per throughput pass (default 100000)")
     parser.add_argument("--train-rows", type=int, default=30_000, help="baseline training rows (default 30000)")
     parser.add_argument("--profile-onnx", action="store_true", help="print the onnxruntime time share per operator")
+    parser.add_argument("--onnx-threads", type=int, default=0,
+                        help="onnxruntime intra-op threads; 0 for its default of one per physical core")
+    parser.add_argument("--onnx-batch", type=int, default=2048, help="rows per onnxruntime run (default 2048)")
     args = parser.parse_args()
 
     import lightgbm
@@ -87,7 +91,7 @@ def main() -> None:
     from sklearn.model_selection import train_test_split
 
     from hclr_ids import data
-    from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer, ensure_onnx
+    from hclr_ids.export import OnnxScorer, ensure_onnx
     from hclr_ids.schema import LEAK_COLUMNS
 
     dataset = data.load_release(args.data)
@@ -107,11 +111,11 @@ def main() -> None:
 
         bundle = load_bundle(model_path)
         models["HCLR-IDS (torch)"] = bundle.predict_proba
-        models["HCLR-IDS (onnxruntime)"] = OnnxScorer(ensure_onnx(model_path)).predict_proba
-        onnx_path = model_path / ONNX_FILE_NAME
+        onnx_path = ensure_onnx(model_path)
     else:
-        models["HCLR-IDS (onnxruntime)"] = OnnxScorer(model_path).predict_proba
         onnx_path = model_path
+    onnx_scorer = OnnxScorer(onnx_path, threads=args.onnx_threads)
+    models["HCLR-IDS (onnxruntime)"] = lambda X: onnx_scorer.predict_proba(X, batch_size=args.onnx_batch)
 
     started = time.perf_counter()
     forest = RandomForestClassifier(n_jobs=-1, random_state=0).fit(dataset.X[train][:, keep], codes[train])

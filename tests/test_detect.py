@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,17 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _model_standin import standin_with_onnx
 
+from hclr_ids.bundle import ModelBundle, load_bundle
 from hclr_ids.data import read_features
 from hclr_ids.detect import DetectConfig, plan_header, run_detection, signature_id
+from hclr_ids.export import ensure_onnx
 
 CLI = [sys.executable, "-m", "hclr_ids"]
 
 
 @pytest.fixture(scope="module")
-def standin(release_root: Path):
-    return standin_with_onnx(release_root)
+def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained bundle with model.onnx exported beside it; the session bundle stays unchanged."""
+    folder = tmp_path_factory.mktemp("detect") / "bundle"
+    shutil.copytree(trained_bundle, folder)
+    ensure_onnx(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> ModelBundle:
+    return load_bundle(bundle_dir)
 
 
 def _detect(scorer, path, **settings) -> tuple[list[dict], object]:
@@ -42,8 +53,7 @@ def _csv_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8").splitlines()
 
 
-def test_file_one_record_per_row(standin, release_csv_dir):
-    bundle, _, _ = standin
+def test_file_one_record_per_row(bundle, release_csv_dir):
     path = release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv"
     records, stats = _detect(bundle, path, batch_size=50)
     rows = _rows(records)
@@ -53,8 +63,7 @@ def test_file_one_record_per_row(standin, release_csv_dir):
     assert stats.errors == 0
 
 
-def test_file_verdicts_match_model(standin, release_csv_dir):
-    bundle, _, _ = standin
+def test_file_verdicts_match_model(bundle, release_csv_dir):
     path = release_csv_dir / "test" / "Recon-VulScan_test.pcap.csv"
     records, _ = _detect(bundle, path, batch_size=333)
     X, _, _ = read_features(path)
@@ -65,8 +74,7 @@ def test_file_verdicts_match_model(standin, release_csv_dir):
     assert np.abs(confidence - proba.max(axis=1)).max() <= 1e-6
 
 
-def test_stats_record_counts(standin, release_csv_dir):
-    bundle, _, _ = standin
+def test_stats_record_counts(bundle, release_csv_dir):
     path = release_csv_dir / "test" / "ARP_Spoofing_test.pcap.csv"
     records, _ = _detect(bundle, path)
     stats = records[-1]
@@ -82,8 +90,7 @@ def test_stats_record_counts(standin, release_csv_dir):
     assert stats["stats"]["alerts"] == per_class
 
 
-def test_eve_alert_fields(standin, release_csv_dir):
-    bundle, _, _ = standin
+def test_eve_alert_fields(bundle, release_csv_dir):
     records, _ = _detect(bundle, release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv")
     for record in _rows(records):
         assert dt.datetime.fromisoformat(record["timestamp"]).utcoffset() is not None
@@ -106,16 +113,14 @@ def test_signature_ids_stable():
     assert signature_id("Attack") == 1_900_200
 
 
-def test_alerts_only_drops_flows(standin, release_csv_dir):
-    bundle, _, _ = standin
+def test_alerts_only_drops_flows(bundle, release_csv_dir):
     path = release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv"
     records, stats = _detect(bundle, path, alerts_only=True)
     assert {r["event_type"] for r in _rows(records)} <= {"alert"}
     assert len(_rows(records)) == stats.to_dict()["alerts_total"]
 
 
-def test_folder_rows_restart_per_file(standin, release_csv_dir, tmp_path):
-    bundle, _, _ = standin
+def test_folder_rows_restart_per_file(bundle, release_csv_dir, tmp_path):
     lines = _csv_lines(release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv")
     (tmp_path / "a.csv").write_text("\n".join(lines[:4]) + "\n")
     (tmp_path / "b.csv").write_text("\n".join([lines[0]] + lines[4:7]) + "\n")
@@ -124,10 +129,9 @@ def test_folder_rows_restart_per_file(standin, release_csv_dir, tmp_path):
     assert sources == [("a.csv", 1), ("a.csv", 2), ("a.csv", 3), ("b.csv", 1), ("b.csv", 2), ("b.csv", 3)]
 
 
-def test_parquet_matches_csv(standin, release_csv_dir, tmp_path):
+def test_parquet_matches_csv(bundle, release_csv_dir, tmp_path):
     import polars as pl
 
-    bundle, _, _ = standin
     path = release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv"
     pl.read_csv(path).write_parquet(tmp_path / "rows.parquet")
     from_csv, _ = _detect(bundle, path)
@@ -135,8 +139,7 @@ def test_parquet_matches_csv(standin, release_csv_dir, tmp_path):
     assert [r["verdict"] for r in _rows(from_parquet)] == [r["verdict"] for r in _rows(from_csv)]
 
 
-def test_missing_column_every_row_error(standin, release_csv_dir, tmp_path):
-    bundle, _, _ = standin
+def test_missing_column_every_row_error(bundle, release_csv_dir, tmp_path):
     lines = _csv_lines(release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv")
     cut = [",".join(line.split(",")[1:]) for line in lines[:4]]
     (tmp_path / "cut.csv").write_text("\n".join(cut) + "\n")
@@ -147,8 +150,7 @@ def test_missing_column_every_row_error(standin, release_csv_dir, tmp_path):
     assert stats.errors == 3
 
 
-def test_c01_infinities_imputed(standin, cases_dir):
-    bundle, _, _ = standin
+def test_c01_infinities_imputed(bundle, cases_dir):
     records, stats = _detect(bundle, cases_dir / "C01_infinity_strings.csv")
     rows = _rows(records)
     assert len(rows) == 6
@@ -159,8 +161,7 @@ def test_c01_infinities_imputed(standin, cases_dir):
     assert rows[1]["imputed"] == ["Rate", "Srate"]
 
 
-def test_c02_header_spaces_stripped(standin, cases_dir, caplog):
-    bundle, _, _ = standin
+def test_c02_header_spaces_stripped(bundle, cases_dir, caplog):
     with caplog.at_level("WARNING", logger="hclr_ids.detect"):
         records, stats = _detect(bundle, cases_dir / "C02_header_spaces.csv")
     assert stats.scored == 5
@@ -168,8 +169,7 @@ def test_c02_header_spaces_stripped(standin, cases_dir, caplog):
     assert "'Tot sum '" in caplog.text
 
 
-def test_c06_missing_cells(standin, cases_dir):
-    bundle, _, _ = standin
+def test_c06_missing_cells(bundle, cases_dir):
     records, stats = _detect(bundle, cases_dir / "C06_missing_cells.csv")
     rows = _rows(records)
     kinds = [r["event_type"] for r in rows]
@@ -177,11 +177,36 @@ def test_c06_missing_cells(standin, cases_dir):
     assert kinds[3] == "error"
     assert kinds[4] == "error"
     assert "10 of 45 cells are missing" in rows[3]["error"]["message"]
+    assert "45 of 45 cells are missing" in rows[4]["error"]["message"]
     assert rows[1]["imputed"] == ["Rate"]
     assert rows[2]["imputed"] == ["Std"]
     assert len(rows[5]["imputed"]) == 9
     assert rows[6]["imputed"] == ["Header_Length"]
     assert stats.scored == 6
+
+
+def test_c06_errors_name_row_and_fraction(bundle, cases_dir):
+    records, _ = _detect(bundle, cases_dir / "C06_missing_cells.csv")
+    errors = [r for r in _rows(records) if r["event_type"] == "error"]
+    assert [r["source"]["row"] for r in errors] == [4, 5]
+    assert "row 4: 10 of 45 cells are missing or non-finite (22%)" in errors[0]["error"]["message"]
+    assert "row 5: 45 of 45 cells are missing or non-finite (100%)" in errors[1]["error"]["message"]
+    assert errors[0]["error"]["missing_fraction"] == round(10 / 45, 6)
+    assert errors[1]["error"]["missing_fraction"] == 1.0
+
+
+def test_runtime_torch_bundle_dir(bundle_dir, bundle, release_csv_dir):
+    path = release_csv_dir / "test" / "Recon-VulScan_test.pcap.csv"
+    result = subprocess.run(
+        CLI + ["-q", "detect", "--model", str(bundle_dir), "--runtime", "torch", "--input", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    rows = _rows([json.loads(line) for line in result.stdout.splitlines()])
+    X, _, _ = read_features(path)
+    expected = np.asarray(bundle.classes)[bundle.predict_proba(X).argmax(axis=1)]
+    assert result.returncode == 0
+    assert [r["verdict"]["class"] for r in rows] == expected.tolist()
+    assert {r["model_version"] for r in rows} == {bundle.version}
 
 
 def test_header_plan_ignores_label_column():
@@ -201,11 +226,10 @@ def _stream_input(release_csv_dir: Path) -> tuple[list[str], list[tuple[int, str
     return [lines[0]] + body, bad
 
 
-def test_stdin_stream_bad_rows(standin, release_csv_dir):
-    _, _, folder = standin
+def test_stdin_stream_bad_rows(bundle_dir, release_csv_dir):
     lines, bad = _stream_input(release_csv_dir)
     result = subprocess.run(
-        CLI + ["-q", "detect", "--model", str(folder), "--runtime", "onnx", "--input", "-", "--batch-size", "4"],
+        CLI + ["-q", "detect", "--model", str(bundle_dir), "--runtime", "onnx", "--input", "-", "--batch-size", "4"],
         input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=120,
     )
     records = [json.loads(line) for line in result.stdout.splitlines()]
@@ -240,11 +264,10 @@ class _LineReader:
             return ""
 
 
-def test_slow_stream_flushed_within_latency(standin, release_csv_dir):
-    _, _, folder = standin
+def test_slow_stream_flushed_within_latency(bundle_dir, release_csv_dir):
     lines = _csv_lines(release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv")
     process = subprocess.Popen(
-        CLI + ["-q", "detect", "--model", str(folder), "--runtime", "onnx", "--input", "-",
+        CLI + ["-q", "detect", "--model", str(bundle_dir), "--runtime", "onnx", "--input", "-",
                "--batch-size", "4096", "--max-latency-ms", "50"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
     )
@@ -266,11 +289,10 @@ def test_slow_stream_flushed_within_latency(standin, release_csv_dir):
         process.wait(timeout=60)
 
 
-def test_sigterm_writes_summary(standin, release_csv_dir):
-    _, _, folder = standin
+def test_sigterm_writes_summary(bundle_dir, release_csv_dir):
     lines = _csv_lines(release_csv_dir / "test" / "Recon-Ping_Sweep_test.pcap.csv")
     process = subprocess.Popen(
-        CLI + ["-q", "detect", "--model", str(folder), "--runtime", "onnx", "--input", "-", "--max-latency-ms", "10"],
+        CLI + ["-q", "detect", "--model", str(bundle_dir), "--runtime", "onnx", "--input", "-", "--max-latency-ms", "10"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
     )
     reader = _LineReader(process.stdout)

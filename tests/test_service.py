@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,10 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from _model_standin import standin_with_onnx
-
 from hclr_ids.data import read_features
-from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer
+from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer, ensure_onnx
 from hclr_ids.schema import FEATURE_COLUMNS
 from hclr_ids.service import ServiceConfig, create_app
 
@@ -34,18 +33,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def standin(release_root: Path):
-    return standin_with_onnx(release_root)
+def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained bundle with model.onnx exported beside it; the session bundle stays unchanged."""
+    folder = tmp_path_factory.mktemp("service") / "bundle"
+    shutil.copytree(trained_bundle, folder)
+    ensure_onnx(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
-def scorer(standin) -> OnnxScorer:
-    return OnnxScorer(standin[2] / ONNX_FILE_NAME)
+def scorer(bundle_dir: Path) -> OnnxScorer:
+    return OnnxScorer(bundle_dir / ONNX_FILE_NAME)
 
 
 @pytest.fixture(scope="module")
 def base_url(scorer):
-    """uvicorn serving the stand-in's ONNX graph in a thread on a free loopback port."""
+    """uvicorn serving the trained bundle's ONNX graph in a thread on a free loopback port."""
     import uvicorn
 
     port = _free_port()
@@ -240,10 +243,11 @@ def test_openapi_record_schema(base_url, scorer):
     assert "text/csv" in body
 
 
-def test_serve_command_stops_cleanly(standin):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_serve_command_stops_cleanly(bundle_dir, runtime):
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "hclr_ids", "serve", "--model", str(standin[2]), "--runtime", "onnx",
+        [sys.executable, "-m", "hclr_ids", "serve", "--model", str(bundle_dir), "--runtime", runtime,
          "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
@@ -263,6 +267,7 @@ def test_serve_command_stops_cleanly(standin):
             process.kill()
             process.communicate()
     assert health.status_code == 200
+    assert health.json()["runtime"] == runtime
     # uvicorn re-raises the signal it caught once shutdown is complete.
     assert process.returncode in (0, -signal.SIGTERM)
     assert "service started" in err

@@ -633,20 +633,42 @@ class Detector:
         """
         positions = _feature_positions(self.features, source)
         produced: queue.Queue[FeatureWindow | BaseException | None] = queue.Queue(maxsize=4 * self.config.batch_size)
+        abandoned = threading.Event()
+
+        def put(item: FeatureWindow | BaseException | None) -> bool:
+            # A full queue is waited on only while the scoring loop still runs.
+            while not abandoned.is_set():
+                try:
+                    produced.put(item, timeout=_POLL_S)
+                    return True
+                except queue.Full:
+                    continue
+            return False
 
         def produce() -> None:
             try:
                 for window in windows:
-                    produced.put(window)
-                    if self.stop_event.is_set() and not drain_on_stop:
+                    if not put(window) or (self.stop_event.is_set() and not drain_on_stop):
                         return
             except BaseException as error:  # handed to the scoring thread, which raises it
-                produced.put(error)
+                put(error)
             finally:
-                produced.put(None)
+                put(None)
 
         thread = threading.Thread(target=produce, name="hclr-ids-windows", daemon=True)
         thread.start()
+        try:
+            self._score_windows(produced, positions, source, source_key)
+        except BaseException:
+            # Ends a live capture's record loop and unblocks the producer, so the thread and socket finish.
+            self.stop_event.set()
+            abandoned.set()
+            raise
+        finally:
+            thread.join(timeout=5 * _POLL_S + 1.0)
+
+    def _score_windows(self, produced: queue.Queue[FeatureWindow | BaseException | None], positions: np.ndarray,
+                       source: str, source_key: str) -> None:
         latency_s = self.config.max_latency_ms / 1000.0
         pending: list[FeatureWindow] = []
         oldest = 0.0
@@ -663,7 +685,6 @@ class Detector:
                     ended = True
                     break
                 if isinstance(item, BaseException):
-                    thread.join()
                     raise item
                 if not pending:
                     oldest = time.monotonic()
@@ -679,7 +700,6 @@ class Detector:
                 self.score(_window_rows(pending, positions, source, source_key, next_row))
                 next_row += len(pending)
                 pending = []
-        thread.join()
 
     def run_csv_stream(self, stream: IO[bytes], source: str) -> None:
         """Score a CSV stream whose first line is the header, until it ends or :meth:`stop` is called."""
