@@ -359,8 +359,12 @@ def create_app(scorer: "Scorer", config: ServiceConfig | None = None) -> "FastAP
     return app
 
 
-def serve(scorer: "Scorer", config: ServiceConfig | None = None) -> None:
-    """Run the service with uvicorn until SIGINT or SIGTERM, then finish requests in flight and return."""
+def serve(scorer: "Scorer", config: ServiceConfig | None = None, *, learner: Any = None) -> None:
+    """Run the service with uvicorn until SIGINT or SIGTERM, then finish requests in flight and return.
+
+    With ``learner`` (an :class:`hclr_ids.adaptation.OnlineLearner`, which is also the scorer) the service adds
+    ``POST /v1/feedback``.
+    """
     import uvicorn
 
     config = config if config is not None else ServiceConfig()
@@ -368,6 +372,10 @@ def serve(scorer: "Scorer", config: ServiceConfig | None = None) -> None:
         logger.warning("binding %s: the service is reachable from other hosts and has no authentication",
                        config.host)
     app = create_app(scorer, config)
+    if learner is not None:
+        from hclr_ids.adaptation import add_feedback_routes
+
+        add_feedback_routes(app, learner, max_records=config.max_records, max_body_bytes=config.max_body_bytes)
     server_config = uvicorn.Config(
         app, host=config.host, port=config.port, log_config=None, access_log=False,
         limit_concurrency=config.max_concurrency, timeout_graceful_shutdown=config.graceful_shutdown_s,

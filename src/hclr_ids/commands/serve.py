@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="request body size at most, in bytes (default 16 MiB)")
     parser.add_argument("--max-concurrency", type=int, default=16,
                         help="connections served at once; more get 503 (default 16)")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="learn from analyst feedback: adds POST /v1/feedback; the RL head updates online "
+                             "with rollback (torch runtime only)")
+    parser.add_argument("--snapshot-dir", help="with --adaptive: write every accepted update as a bundle here")
     parser.set_defaults(handler=handle)
 
 
@@ -32,5 +36,16 @@ def handle(args: argparse.Namespace) -> int:
     config = ServiceConfig(host=args.host, port=args.port, max_records=args.max_records,
                            max_body_bytes=args.max_body_bytes, max_concurrency=args.max_concurrency,
                            runtime=args.runtime)
+    if args.adaptive:
+        from pathlib import Path
+
+        from hclr_ids.adaptation import OnlineLearner
+
+        if args.runtime != "torch":
+            raise ValueError("--adaptive updates the torch model; use --runtime torch")
+        snapshot_dir = Path(args.snapshot_dir) if args.snapshot_dir else None
+        learner = OnlineLearner.from_bundle(args.model, snapshot_dir=snapshot_dir)
+        serve(learner, config, learner=learner)
+        return 0
     serve(load_scorer(args.model, args.runtime), config)
     return 0
