@@ -218,6 +218,11 @@ def plot_roc_curves(
     plt.close(fig)
 
 
+def _is_counter(key: str) -> bool:
+    """Return True for bookkeeping series (steps, elapsed time, throughput) that are not training curves."""
+    return key in ("epoch", "time_s") or key.endswith("step") or "flows_per_s" in key
+
+
 def plot_training_curves(history: dict[str, dict[str, list[float]]], path: Path) -> None:
     """Write the encoder's loss and validation macro-F1 and the RL heads' rewards and losses as a PNG.
 
@@ -229,8 +234,12 @@ def plot_training_curves(history: dict[str, dict[str, list[float]]], path: Path)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(stage, key, values) for stage, series in history.items() for key, values in series.items()
-              if values and key not in ("epoch", "step", "time_s")]
+    panels = [
+        (stage, key, values)
+        for stage, series in history.items()
+        for key, values in series.items()
+        if len(values) > 1 and not _is_counter(key)
+    ]
     if not panels:
         return
     n_cols = 3
