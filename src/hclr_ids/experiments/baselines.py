@@ -1,6 +1,6 @@
 """Baseline comparison: classical and neural models on the same rows, with fit time, throughput and size.
 
-Every baseline sees every feature of the policy after preprocessing (``PreparedData.F_*``), fitted on the
+Every baseline is trained on every feature of the policy after preprocessing (``PreparedData.F_*``), fitted on the
 training rows only. Model size is the byte length of a serialized form: safetensors for torch models, the
 libraries' own text formats for LightGBM (model string) and XGBoost (JSON), and for scikit-learn models, which
 have no pickle-free format, the bytes of their fitted arrays (tree node records and leaf values, coefficients).
@@ -235,12 +235,13 @@ def run_baselines(config: RunConfig, experiment: ExperimentConfig, out_dir: str 
         "record": experiment_record(config, experiment, first),
         "variants": aggregated,
         "costs": cost_summary,
+        "n_features": int(first.prepared.F_train.shape[1]),
         "runs": runs,
         "seconds_total": time.perf_counter() - started,
     }
     extra = {title: {"fit s": f"{c['fit_s']:.1f}", "flows/s": f"{c['flows_per_s']:,.0f}",
                      "size (bytes)": f"{int(c['bytes']):,} ({c['size_kind']})"} for title, c in cost_summary.items()}
-    lines = [f"# Baselines: {config.data.task}", "", *describe_setup(config, experiment, first),
+    lines = [f"# Baselines: {config.data.task}", "", *describe_setup(config, experiment, first, "none (baselines use every column)"),
              f"- features: every column of the `{config.preprocess.features}` policy after preprocessing "
              f"({first.prepared.F_train.shape[1]} columns); {threads} threads",
              "- size: safetensors bytes for torch models, the model string for LightGBM, the JSON model for "

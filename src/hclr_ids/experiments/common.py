@@ -179,13 +179,18 @@ def per_class_f1_table(aggregated: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_setup(config: RunConfig, experiment: ExperimentConfig, first: RunSlot) -> list[str]:
-    """Markdown bullet lines naming the data, split, features, rows, seeds and budgets of an experiment."""
+def describe_setup(config: RunConfig, experiment: ExperimentConfig, first: RunSlot,
+                   selection: str | None = None) -> list[str]:
+    """Markdown bullet lines naming the data, split, features, rows, seeds and budgets of an experiment.
+
+    ``selection`` replaces the configured selection method in the text when the experiment overrides it.
+    """
     rows = first.prepared.info["rows"]
+    selection = selection or f"`{config.selection.method}`"
     return [
         f"- data: `{config.data.path}`, task `{config.data.task}`, split `{first.prepared.info['split']}`"
         + (f" ({experiment.folds} folds)" if experiment.folds >= 2 else "")
-        + f", feature policy `{config.preprocess.features}`, selection `{config.selection.method}`",
+        + f", feature policy `{config.preprocess.features}`, selection {selection}",
         f"- rows: train {rows['train']:,} (max-train-rows {config.data.max_train_rows or 'all'}), "
         f"val {rows['val']:,}, test {rows['test']:,}",
         f"- seeds: {', '.join(str(s) for s in experiment.seeds)}; encoder max epochs {config.encoder.max_epochs}, "

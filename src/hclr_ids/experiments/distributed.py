@@ -1,7 +1,7 @@
 """Data-parallel encoder training with Ray Train: ``hclr-ids train --ray-address ADDR --ray-workers N``.
 
 The driver fits preprocessing, feature selection and the encoder's input encoding on the training rows, as
-:func:`hclr_ids.pipeline.train` does. Each Ray Train worker then holds an equal shard of the training rows and
+:func:`hclr_ids.pipeline.train` does. Each Ray Train worker then receives an equal shard of the training rows and
 trains a replica of the encoder under PyTorch DDP (gloo backend), which averages gradients every step. The
 per-worker batch is ``encoder.batch_size // num_workers``, so one step sees the same number of rows as a
 single-process step. The decision head trains in the driver on the frozen embedding afterwards.
@@ -90,7 +90,7 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if scheduler is not None:
                 scheduler.step()
             total += loss.item() * len(batch)
-        # Every replica holds the same weights, so each computes the same validation score and takes the same
+        # Every replica has the same weights, so each computes the same validation score and takes the same
         # early-stopping decision without communication.
         val = training._evaluate(model, x_val, y_val, val_loss_fn, batch_size=4096)
         elapsed = time.perf_counter() - start

@@ -90,7 +90,7 @@ def render_feature_selection(config: RunConfig, experiment: ExperimentConfig, fi
     extra = {name: {"features": str(len(selected[name][0])), "train s (total)": f"{seconds[name]:.1f}"}
              for name in aggregated}
     lines = [f"# Feature selection: {config.data.task}, head `{config.rl.head}`", "",
-             *describe_setup(config, experiment, first), "",
+             *describe_setup(config, experiment, first, "one method per row"), "",
              "## Summary", "", summary_table(aggregated, extra), "",
              "## Per-class F1", "", per_class_f1_table(aggregated), "", "## Selected features", ""]
     for name, lists in selected.items():

@@ -2,7 +2,7 @@
 
 The driver loads and prepares the split once and hands the trials only the training and validation arrays
 (through Ray's object store), so no trial can read the test part. Encoder stages (``cnn``, ``lstm``) train the
-configured encoder per trial; head stages (``dqn``, ``ppo``) train the encoder once in the driver and tune
+configured encoder per trial. Head stages (``dqn``, ``ppo``) train the encoder once in the driver and tune
 the head on its frozen embeddings.
 """
 
@@ -122,7 +122,7 @@ def run_tune(config: RunConfig, out_dir: str | Path, *, stage: str, grid: dict[s
     """Search ``grid`` (the stage's paper grid by default) and save the best trial as a full RunConfig.
 
     Writes ``best_config.json`` (loadable by ``hclr-ids train --config``), ``trials.json`` and ``results.md``
-    to ``out_dir``. Returns ``{"best": {...}, "trials": [...], ...}``; every trial entry holds its parameters,
+    to ``out_dir``. Returns ``{"best": {...}, "trials": [...], ...}``, where every trial entry contains its parameters,
     validation metrics and seconds. Trials never receive test rows.
     """
     from ray import tune
