@@ -2,11 +2,13 @@
 # Cross-check between the real CICIoMT2024 subset and the built-in lab dataset, on the classes both hold:
 #   1. a model trained on the real subset scores every lab row of those classes;
 #   2. a model trained on the lab rows of those classes scores every real row.
-# Usage: benchmarks/cross_domain.sh REAL_RELEASE_ROOT OUT_DIR [TASK]
+# Usage: benchmarks/cross_domain.sh REAL_RELEASE_ROOT OUT_DIR [TASK [REAL_MODEL_DIR]]
+# REAL_MODEL_DIR reuses a bundle trained on the real subset (for example by 'hclr-ids run') instead of training one.
 set -euo pipefail
 real=$1
 out=$2
 task=${3:-multiclass}
+real_model=${4:-}
 hclr=${HCLR_IDS:-hclr-ids}
 builtin=$(python -c 'from hclr_ids.datasets import builtin_dataset_path; print(builtin_dataset_path())')
 
@@ -22,12 +24,15 @@ for path in "$real"/WiFI_and_MQTT/attacks/csv/*/*.pcap.csv; do
 done
 echo "lab classes: $(ls "$lab/train" | sed -E 's/_train\.pcap\.csv//' | tr '\n' ' ')"
 
-"$hclr" -q run --data "$real" --task "$task" --split contiguous --out "$out/real-model" --no-baselines
-"$hclr" -q evaluate --model "$out/real-model" --data "$out/lab-shared-classes" --part all --out "$out/real-on-lab"
+if [ -z "$real_model" ]; then
+    real_model="$out/real-model"
+    "$hclr" -q run --data "$real" --task "$task" --split contiguous --out "$real_model" --no-baselines
+fi
+"$hclr" -q evaluate --model "$real_model" --data "$out/lab-shared-classes" --part all --out "$out/real-on-lab"
 "$hclr" -q run --data "$out/lab-shared-classes" --task "$task" --split contiguous --out "$out/lab-model" --no-baselines
 "$hclr" -q evaluate --model "$out/lab-model" --data "$real" --part all --out "$out/lab-on-real"
 
-for name in real-model lab-model real-on-lab lab-on-real; do
+for name in lab-model real-on-lab lab-on-real; do
     python - "$out/$name/metrics.json" "$name" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))

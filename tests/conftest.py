@@ -85,3 +85,43 @@ def trained_bundle(release_root: Path, tmp_path_factory: pytest.TempPathFactory)
     out = tmp_path_factory.mktemp("bundle") / "multiclass"
     train(small_run_config(release_root, tmp_path_factory.mktemp("cache")), out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a test module's torch code on one thread.
+
+    Two threads on a shared two-core machine slow the RL heads' small matrix products by more than 10x.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def rl_real_states(release_csv_dir: Path):
+    """States from the four training-side release files: log1p, min-max scaling, a fixed random projection, tanh.
+
+    Returns float32 states of shape (n, 16) and int64 labels (one class per file), cheap stand-ins for encoder
+    embeddings in the RL tests.
+    """
+    import numpy as np
+    import polars as pl
+
+    from hclr_ids.schema import FEATURE_COLUMNS, LEAK_COLUMNS
+
+    columns = [c for c in FEATURE_COLUMNS if c not in LEAK_COLUMNS]
+    features, labels = [], []
+    for class_index, path in enumerate(sorted((release_csv_dir / "train").glob("*.csv"))):
+        table = pl.read_csv(path, columns=columns).to_numpy().astype(np.float64)
+        features.append(table)
+        labels.append(np.full(len(table), class_index, dtype=np.int64))
+    x = np.concatenate(features)
+    x = np.sign(x) * np.log1p(np.abs(x))
+    span = x.max(0) - x.min(0)
+    x = (x - x.min(0)) / np.where(span > 0, span, 1.0)
+    projection = np.random.default_rng(0).normal(size=(x.shape[1], 16)) * 3.0 / np.sqrt(x.shape[1])
+    return np.tanh((x - 0.5) @ projection).astype(np.float32), np.concatenate(labels)

@@ -2,47 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
 from hclr_ids.config import DQNConfig
 from hclr_ids.rl.dqn import DQNHead, ReplayBuffer, td_target, train_dqn
 from hclr_ids.rl.env import FlowClassificationVecEnv
-from hclr_ids.schema import FEATURE_COLUMNS, LEAK_COLUMNS
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two threads on a shared two-core machine slow small matrix products by more than 10x.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _real_states(csv_dir: Path, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Embed the four training-side release files: log1p, min-max scaling, a fixed random projection, tanh."""
-    columns = [c for c in FEATURE_COLUMNS if c not in LEAK_COLUMNS]
-    features, labels = [], []
-    for class_index, path in enumerate(sorted((csv_dir / "train").glob("*.csv"))):
-        table = pl.read_csv(path, columns=columns).to_numpy().astype(np.float64)
-        features.append(table)
-        labels.append(np.full(len(table), class_index, dtype=np.int64))
-    x = np.concatenate(features)
-    x = np.sign(x) * np.log1p(np.abs(x))
-    span = x.max(0) - x.min(0)
-    x = (x - x.min(0)) / np.where(span > 0, span, 1.0)
-    projection = np.random.default_rng(seed).normal(size=(x.shape[1], d)) * 3.0 / np.sqrt(x.shape[1])
-    return np.tanh((x - 0.5) @ projection).astype(np.float32), np.concatenate(labels)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def real(release_csv_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    return _real_states(release_csv_dir)
+def real(rl_real_states: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return rl_real_states
 
 
 def _small_config(**changes) -> DQNConfig:

@@ -205,7 +205,7 @@ def run_tune(config: RunConfig, out_dir: str | Path, *, stage: str, grid: dict[s
 def render_tune(summary: dict[str, Any]) -> str:
     keys = list(summary["grid"])
     lines = [f"# Tuning stage `{summary['stage']}` ({summary['search']} search, {summary['scheduler']} scheduler)",
-             "", f"Trials ranked by best validation macro-F1; best config in `best_config.json`.", "",
+             "", "Trials ranked by best validation macro-F1; best config in `best_config.json`.", "",
              "| " + " | ".join(keys) + " | val macro-F1 | epochs | seconds |",
              "|" + "---|" * len(keys) + "---:|---:|---:|"]
     for trial in sorted(summary["trials"], key=lambda t: -t[METRIC]):
