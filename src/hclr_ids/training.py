@@ -98,6 +98,18 @@ def _logits(model: EncoderClassifier, x: torch.Tensor, batch_size: int) -> torch
     return torch.cat(chunks)
 
 
+MIN_STEPS_PER_EPOCH = 50
+
+
+def effective_batch_size(n_rows: int, batch_size: int) -> int:
+    """Shrink the batch on small training sets so an epoch has at least ``MIN_STEPS_PER_EPOCH`` steps.
+
+    With the default 1024 rows per batch, a few thousand rows give a handful of optimiser steps per epoch and
+    the encoder barely trains; 64 rows is the floor.
+    """
+    return max(1, min(batch_size, max(64, n_rows // MIN_STEPS_PER_EPOCH)))
+
+
 def train_encoder(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -148,7 +160,8 @@ def train_encoder(
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(x_train) / config.batch_size)
+    batch_size = effective_batch_size(len(x_train), config.batch_size)
+    steps_per_epoch = math.ceil(len(x_train) / batch_size)
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     if config.scheduler == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -170,8 +183,8 @@ def train_encoder(
         order = torch.randperm(len(x_train), generator=shuffler)
         total_loss = 0.0
         seen = 0
-        for first in range(0, len(order), config.batch_size):
-            batch = order[first : first + config.batch_size]
+        for first in range(0, len(order), batch_size):
+            batch = order[first : first + batch_size]
             loss = loss_fn(model(x_train[batch]), t_train[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
