@@ -3,8 +3,8 @@
 The driver fits preprocessing, feature selection and the encoder's input encoding on the training rows, as
 :func:`hclr_ids.pipeline.train` does. Each Ray Train worker then receives an equal shard of the training rows and
 trains a replica of the encoder under PyTorch DDP (gloo backend), which averages gradients every step. The
-per-worker batch is ``encoder.batch_size // num_workers``, so one step sees the same number of rows as a
-single-process step. The decision head trains in the driver on the frozen embedding afterwards.
+per-worker batch is the single-process batch (``training.effective_batch_size``) divided by ``num_workers``,
+so one step sees the same number of rows as a single-process step. The decision head trains in the driver on the frozen embedding afterwards.
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss(weight=weights)
     optimizer = torch.optim.AdamW(ddp_model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    batch_size = max(1, config.batch_size // world)
+    # The global batch follows the single-process rule (smaller on small training sets), split over the workers.
+    batch_size = max(1, training.effective_batch_size(len(X_train), config.batch_size) // world)
     steps_per_epoch = math.ceil(len(x) / batch_size)
     scheduler = None
     if config.scheduler == "onecycle":
