@@ -98,7 +98,7 @@ def _logits(model: EncoderClassifier, x: torch.Tensor, batch_size: int) -> torch
     return torch.cat(chunks)
 
 
-MIN_STEPS_PER_EPOCH = 50
+MIN_STEPS_PER_EPOCH = 16
 
 
 def effective_batch_size(n_rows: int, batch_size: int) -> int:
