@@ -61,15 +61,22 @@ def _lab_available() -> None:
 
 
 def _lab_process_ids() -> set[int]:
+    """Return the ids of lab tool processes that run outside this process's network namespace.
+
+    Every lab tool runs inside a lab namespace, so the namespace test keeps unrelated processes of the same
+    name on the host (a shell's ``timeout`` or ``ping``) out of the count.
+    """
+    host_namespace = os.readlink("/proc/self/ns/net")
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             name = (entry / "comm").read_text().strip()
+            namespace = os.readlink(entry / "ns" / "net")
         except OSError:
             continue
-        if name in LAB_PROCESS_NAMES:
+        if name in LAB_PROCESS_NAMES and namespace != host_namespace:
             pids.add(int(entry.name))
     return pids
 
