@@ -125,3 +125,25 @@ def rl_real_states(release_csv_dir: Path):
     x = (x - x.min(0)) / np.where(span > 0, span, 1.0)
     projection = np.random.default_rng(0).normal(size=(x.shape[1], 16)) * 3.0 / np.sqrt(x.shape[1])
     return np.tanh((x - 0.5) @ projection).astype(np.float32), np.concatenate(labels)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A module's own copy of the trained bundle with model.onnx exported beside it; the session bundle stays
+    unchanged."""
+    import shutil
+
+    from hclr_ids.export import ensure_onnx
+
+    folder = tmp_path_factory.mktemp("bundle-copy") / "bundle"
+    shutil.copytree(trained_bundle, folder)
+    ensure_onnx(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path):
+    """The module's bundle copy, loaded."""
+    from hclr_ids.bundle import load_bundle
+
+    return load_bundle(bundle_dir)

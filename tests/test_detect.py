@@ -6,7 +6,6 @@ import datetime as dt
 import io
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,28 +13,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from hclr_ids.bundle import ModelBundle, load_bundle
 from hclr_ids.data import read_features
 from hclr_ids.detect import DetectConfig, plan_header, run_detection, signature_id
-from hclr_ids.export import ensure_onnx
 
 CLI = [sys.executable, "-m", "hclr_ids"]
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained bundle with model.onnx exported beside it; the session bundle stays unchanged."""
-    folder = tmp_path_factory.mktemp("detect") / "bundle"
-    shutil.copytree(trained_bundle, folder)
-    ensure_onnx(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
 
 
 def _detect(scorer, path, **settings) -> tuple[list[dict], object]:

@@ -15,20 +15,6 @@ from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer, ensure_onnx, load_scorer
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained bundle with model.onnx exported beside it; the session bundle stays unchanged."""
-    folder = tmp_path_factory.mktemp("export") / "bundle"
-    shutil.copytree(trained_bundle, folder)
-    ensure_onnx(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> ModelBundle:
-    return load_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
 def real_rows(release_root: Path, cases_dir: Path) -> np.ndarray:
     """64 real rows spread over all 10 classes, the first 6 with infinities (case C01)."""
     X_inf, _, _ = read_features(cases_dir / "C01_infinity_strings.csv")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 from hclr_ids.data import read_features
-from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer, ensure_onnx
+from hclr_ids.export import ONNX_FILE_NAME, OnnxScorer
 from hclr_ids.schema import FEATURE_COLUMNS
 from hclr_ids.service import ServiceConfig, create_app
 
@@ -30,15 +29,6 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def bundle_dir(trained_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the trained bundle with model.onnx exported beside it; the session bundle stays unchanged."""
-    folder = tmp_path_factory.mktemp("service") / "bundle"
-    shutil.copytree(trained_bundle, folder)
-    ensure_onnx(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
