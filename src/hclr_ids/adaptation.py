@@ -128,7 +128,7 @@ class FeedbackError(ValueError):
 
 @dataclass
 class FeedbackResult:
-    """What one call of :meth:`OnlineLearner.add_feedback` did."""
+    """Outcome of one :meth:`OnlineLearner.add_feedback` call."""
 
     accepted: int
     held_back: int

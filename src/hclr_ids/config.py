@@ -19,7 +19,7 @@ DecisionHead = Literal["softmax", "dqn", "ppo", "hybrid"]
 
 @dataclass
 class DataConfig:
-    """Where the rows come from and how they are split."""
+    """Data source, label task and split settings."""
 
     path: str = ""
     """Release root (or any folder below it), or a labelled CSV/Parquet file or folder."""
@@ -164,7 +164,7 @@ class RLConfig:
     reward_weighting: Literal["balanced", "sqrt", "none"] = "sqrt"
     """Scale of +1/-1 rewards per true class."""
     sampling: Literal["balanced", "stream"] = "stream"
-    """How flows are drawn: ``stream`` (every copy walks its own segment of the training rows, so classes keep
+    """Flow sampling order: ``stream`` (every copy walks its own segment of the training rows, so classes keep
     their natural frequency) or ``balanced`` (uniform over classes). With ``sqrt`` reward weights, ``stream``
     gave validation macro-F1 0.861 against 0.797 for ``balanced`` on the 10-class CICIoMT2024 subset."""
     threads: int = 1

@@ -117,9 +117,9 @@ def prepare(config: RunConfig, dataset: Any, split: Any) -> PreparedData:
 
     classes = _ordered_labels(task, set(targets[train_idx]))
     if len(classes) < 2:
-        raise ValueError(f"the training split holds only the class {classes}; at least two classes are needed")
-    unseen = sorted(set(targets[split.test]) | set(targets[split.val])) 
-    unseen = [label for label in _ordered_labels(task, set(unseen)) if label not in classes]
+        raise ValueError(f"the training split contains only the class {classes}; at least two classes are needed")
+    outside_training = set(targets[split.test]) | set(targets[split.val])
+    unseen = [label for label in _ordered_labels(task, outside_training) if label not in classes]
     if unseen:
         logger.warning(
             "labels %s occur in validation/test but not in training; the model cannot predict them, "
@@ -234,7 +234,7 @@ def fit_models(config: RunConfig, prepared: PreparedData, progress: Any = None) 
 
 
 def _rl_flow_total(config: RunConfig) -> int:
-    """Flows the configured head sees in training (the hybrid's DQN and PPO stages each restart the count)."""
+    """Return the flows the configured head trains on (the hybrid's DQN and PPO stages each restart the count)."""
     dqn = config.rl.dqn.total_steps * config.rl.dqn.num_envs
     ppo = config.rl.ppo.total_iterations * config.rl.ppo.rollout_steps * config.rl.ppo.num_envs
     return {"dqn": dqn, "ppo": ppo}.get(config.rl.head, max(dqn, ppo))

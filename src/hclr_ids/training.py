@@ -59,7 +59,7 @@ def _check_xy(x: np.ndarray, y: np.ndarray, n_classes: int, name: str) -> None:
         raise ValueError(f"X_{name} has no rows")
     if y.min() < 0 or y.max() >= n_classes:
         raise ValueError(
-            f"y_{name} holds labels in [{y.min()}, {y.max()}] but n_classes is {n_classes}; "
+            f"y_{name} contains labels in [{y.min()}, {y.max()}] but n_classes is {n_classes}; "
             "encode labels as integers 0..n_classes-1"
         )
     if not np.isfinite(x).all():

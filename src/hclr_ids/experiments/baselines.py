@@ -50,7 +50,7 @@ class FittedBaseline:
     predict_proba: Callable[[np.ndarray], np.ndarray]
     size_bytes: int
     size_kind: str
-    """How ``size_bytes`` was measured: safetensors, model string, JSON, or array bytes (an estimate)."""
+    """Measurement behind ``size_bytes``: safetensors, model string, JSON, or array bytes (an estimate)."""
 
 
 @dataclass

@@ -143,7 +143,7 @@ def summary_table(aggregated: dict[str, Any], extra: dict[str, dict[str, str]] |
 
 
 def per_class_table(aggregated: dict[str, Any], model: str) -> str:
-    """Markdown table of one model in the layout of the paper's multiclass results.
+    """Format one model's per-class table in the layout of the HCLR-IDS paper's multiclass results (Shaikh et al., 2025).
 
     Rows are classes with precision, recall, F1 (mean ± std over runs) and test support, then the macro and
     weighted averages. Classes absent from the test part and never predicted are left out.

@@ -4,7 +4,7 @@ The driver fits preprocessing, feature selection and the encoder's input encodin
 :func:`hclr_ids.pipeline.train` does. Each Ray Train worker then receives an equal shard of the training rows and
 trains a replica of the encoder under PyTorch DDP (gloo backend), which averages gradients every step. The
 per-worker batch is the single-process batch (``training.effective_batch_size``) divided by ``num_workers``,
-so one step sees the same number of rows as a single-process step. The decision head trains in the driver on the frozen embedding afterwards.
+so one step covers the same number of rows as a single-process step. The decision head trains in the driver on the frozen embedding afterwards.
 """
 
 from __future__ import annotations

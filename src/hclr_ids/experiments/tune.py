@@ -33,7 +33,7 @@ STAGE_GRIDS: dict[str, dict[str, list[Any]]] = {
             "rl.dqn.epsilon_decay": [0.995, 0.999]},
     "ppo": {"rl.ppo.learning_rate": [3e-4, 1e-4], "rl.ppo.clip_coef": [0.1, 0.2], "rl.ppo.update_epochs": [3, 5]},
 }
-"""The paper's grid per stage, as dotted RunConfig keys and their values."""
+"""The HCLR-IDS grid per stage (Shaikh et al., Front. Med. 12:1524286, 2025), as dotted RunConfig keys and values."""
 
 STAGE_HEADS = {"dqn": "dqn", "ppo": "ppo"}
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hclr_ids.config import DQNConfig
-from hclr_ids.rl.env import ArrayLike, FlowClassificationVecEnv, ProgressCallback
+from hclr_ids.rl.env import ArrayLike, FlowClassificationVecEnv, ProgressCallback, head_state_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +168,7 @@ class DQNHead:
         return module.eval()
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"q_network.{k}": v.detach().clone() for k, v in self.q_network.state_dict().items()}
-        tensors["obs_low"] = self.obs_low.clone()
-        tensors["obs_high"] = self.obs_high.clone()
-        return tensors
+        return head_state_tensors("q_network", self.q_network, self.obs_low, self.obs_high)
 
     def metadata(self) -> dict[str, Any]:
         return {

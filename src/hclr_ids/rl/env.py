@@ -342,3 +342,13 @@ class FlowClassificationEnv(gymnasium.Env):
         observation, rewards, terminated, labels = self.vector_env.step_tensors(actions)
         info = {"label": int(labels[0])}
         return observation[0].numpy().copy(), float(rewards[0]), bool(terminated[0]), False, info
+
+
+def head_state_tensors(
+    prefix: str, module: torch.nn.Module, low: torch.Tensor, high: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Copy a head's network weights under ``prefix`` plus its observation box, for safetensors."""
+    tensors = {f"{prefix}.{k}": v.detach().clone() for k, v in module.state_dict().items()}
+    tensors["obs_low"] = low.clone()
+    tensors["obs_high"] = high.clone()
+    return tensors

@@ -21,7 +21,7 @@ from torch import nn
 
 from hclr_ids.config import PPOConfig
 from hclr_ids.rl.dqn import as_state_tensor, box_bounds
-from hclr_ids.rl.env import ArrayLike, FlowClassificationVecEnv, ProgressCallback
+from hclr_ids.rl.env import ArrayLike, FlowClassificationVecEnv, ProgressCallback, head_state_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +175,7 @@ class PPOHead:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Return the actor-critic weights and the box; a transform is saved by the head that owns it."""
-        tensors = {f"actor_critic.{k}": v.detach().clone() for k, v in self.actor_critic.state_dict().items()}
-        tensors["obs_low"] = self.obs_low.clone()
-        tensors["obs_high"] = self.obs_high.clone()
-        return tensors
+        return head_state_tensors("actor_critic", self.actor_critic, self.obs_low, self.obs_high)
 
     def metadata(self) -> dict[str, Any]:
         return {
