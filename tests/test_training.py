@@ -132,7 +132,7 @@ def test_onecycle_runs() -> None:
 
 def test_rejects_label_out_of_range() -> None:
     x, y = _separable(32, seed=1)
-    with pytest.raises(ValueError, match=r"y_train holds labels in \[0, 1\] but n_classes is 1"):
+    with pytest.raises(ValueError, match=r"y_train contains labels in \[0, 1\] but n_classes is 1"):
         train_encoder(x, y, x, y, 1, TINY, seed=0)
 
 
