@@ -37,9 +37,8 @@ def train_without(data_path: Path, cache: Path, excluded: str, out: Path, max_tr
 
     config = merge_overrides(RunConfig(), {
         "data.path": str(data_path), "data.cache_dir": str(cache), "data.max_train_rows": max_train_rows,
-        "encoder.max_epochs": 3, "encoder.batch_size": 256, "encoder.time_budget_s": 90.0,
-        "rl.dqn.total_steps": 60, "rl.ppo.total_iterations": 10, "rl.ppo.num_envs": 256,
-        "selection.sample_size": 20_000, "threads": 1, "seed": seed,
+        "encoder.bidirectional": False, "encoder.lstm_units": 64, "encoder.conv_filters": 32,
+        "encoder.pool_size": 4, "selection.sample_size": 50_000, "seed": seed,
     })
     dataset = data.load_dataset(data_path, cache_dir=str(cache))
     split = splits.make_split(dataset, "contiguous", task="multiclass", seed=seed)
@@ -212,7 +211,7 @@ def main() -> None:
     parser.add_argument("--retrain-every", type=int, default=128, help="labels between softmax head refits")
     parser.add_argument("--old-rows", type=int, default=6000, help="test rows of the old classes used")
     parser.add_argument("--reference-rows", type=int, default=2000, help="validation rows given to the learner")
-    parser.add_argument("--max-train-rows", type=int, default=4000, help="training rows of each model")
+    parser.add_argument("--max-train-rows", type=int, default=20_000, help="training rows of each model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

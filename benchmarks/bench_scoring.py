@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=30_000, help="baseline training rows (default 30000)")
     parser.add_argument("--profile-onnx", action="store_true", help="print the onnxruntime time share per operator")
     parser.add_argument("--onnx-threads", type=int, default=0,
-                        help="onnxruntime intra-op threads; 0 for its default of one per physical core")
+                        help="onnxruntime threads of one scoring call; 0 (default) for every CPU available")
     parser.add_argument("--onnx-batch", type=int, default=2048, help="rows per onnxruntime run (default 2048)")
     args = parser.parse_args()
 

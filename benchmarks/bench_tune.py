@@ -15,7 +15,6 @@ import json
 import logging
 import tempfile
 import time
-from pathlib import Path
 
 
 def main() -> None:

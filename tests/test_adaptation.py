@@ -67,6 +67,40 @@ def test_grown_head_keeps_verdicts(holdout_run):
     assert np.array_equal(grown.predict(states), bundle.head.predict(states))
 
 
+def test_imprinted_class_sits_margin_above_best_old_logit(holdout_run):
+    import torch
+
+    bundle = load_bundle(holdout_run["bundle"])
+    learner = OnlineLearner(bundle)
+    new_states = learner.embed(holdout_run["X"][holdout_run["new"][:50]])
+    grown = grow_head(bundle.head, 1, [new_states], margin=1.5)
+    with torch.no_grad():
+        logits = grown.logits(new_states).numpy()
+    # The bias is set so that the new logit exceeds the best old logit by the margin on average over the
+    # imprinted flows; the old logits themselves are untouched.
+    gap = logits[:, -1] - logits[:, :-1].max(axis=1)
+    assert gap.mean() == pytest.approx(1.5, abs=1e-4)
+    with torch.no_grad():
+        old_logits = bundle.head.logits(new_states).numpy()
+    np.testing.assert_allclose(logits[:, :-1], old_logits, atol=1e-6)
+
+
+def test_hybrid_window_trains_only_new_q_rows(holdout_run):
+    learner = _learner(holdout_run, holdout_every=0, rollback_margin=1.0)
+    states = learner.embed(holdout_run["X"][holdout_run["reference"][:200]])
+    q_before = learner.head.dqn.q_values(states).numpy()
+    rows = holdout_run["new"][:64]
+    learner.add_feedback(holdout_run["X"][rows], [NEW_CLASS] * len(rows), force=True)
+    assert learner.history[-1].accepted
+    q_after = learner.head.dqn.q_values(states).numpy()
+    n_old = q_before.shape[1]
+    # The policy observes the Q-values, so the trained rows keep theirs exactly; the new row starts at -1
+    # (zero weights) and moves towards the +1 reward of its labelled flows.
+    np.testing.assert_array_equal(q_after[:, :n_old], q_before)
+    new_q = learner.head.dqn.q_values(learner.embed(holdout_run["X"][rows])).numpy()[:, n_old]
+    assert new_q.mean() > -1.0 + 0.1
+
+
 def test_service_feedback_teaches_new_class(holdout_run):
     learner = _learner(holdout_run, ppo_learning_rate=1e-3, dqn_learning_rate=1e-3, gradient_steps=32,
                        rollback_margin=1.0, holdout_every=0)

@@ -100,3 +100,17 @@ def test_wrong_input_width_rejected(trained_bundle: Path):
     bundle = load_bundle(trained_bundle)
     with pytest.raises(ValueError, match="45 features"):
         bundle.predict_proba(np.zeros((2, 44), dtype=np.float32))
+
+
+def test_encoder_metadata_without_pool_size_pools_by_two():
+    import dataclasses
+
+    from hclr_ids.bundle import encoder_from_metadata
+    from hclr_ids.config import EncoderConfig
+
+    # Bundles written before pool_size existed pooled by 2; their encoder.json lacks the key.
+    config = dataclasses.asdict(EncoderConfig(conv_filters=4, lstm_units=4, embedding_dim=3, feature_embedding_dim=2))
+    del config["pool_size"]
+    model = encoder_from_metadata({"config": config, "n_features": 9, "n_classes": 2})
+    assert model.encoder.conv[-1].kernel_size == 2
+    assert EncoderConfig().pool_size != 2

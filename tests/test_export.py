@@ -32,6 +32,15 @@ def test_onnx_matches_torch(bundle, bundle_dir, real_rows, batch):
     assert np.abs(actual - expected).max() <= 1e-5
 
 
+def test_parallel_runs_match_one_thread(bundle_dir, real_rows):
+    # 64 rows in runs of 5 give 13 runs, so two threads score several runs each, out of order.
+    serial = OnnxScorer(bundle_dir / ONNX_FILE_NAME, threads=1).predict_proba(real_rows, batch_size=5)
+    parallel = OnnxScorer(bundle_dir / ONNX_FILE_NAME, threads=2).predict_proba(real_rows, batch_size=5)
+    whole = OnnxScorer(bundle_dir / ONNX_FILE_NAME, threads=1).predict_proba(real_rows)
+    np.testing.assert_array_equal(parallel, serial)
+    assert np.abs(parallel - whole).max() <= 1e-6
+
+
 def test_onnx_nonfinite_rows_finite(bundle_dir, real_rows):
     proba = OnnxScorer(bundle_dir / ONNX_FILE_NAME).predict_proba(real_rows[:6])
     assert np.isfinite(proba).all()

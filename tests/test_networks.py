@@ -45,6 +45,20 @@ def test_encoder_odd_feature_count() -> None:
     assert encoder(torch.rand(3, 7)).shape == (3, 6)
 
 
+@pytest.mark.parametrize(("n_features", "pool_size", "length"), [(29, 4, 8), (28, 4, 7), (11, 2, 6), (5, 1, 5)])
+def test_pooled_length(n_features: int, pool_size: int, length: int) -> None:
+    # ceil(n_features / pool_size) steps reach the LSTM; the CNN-only summary flattens them all.
+    config = dataclasses.replace(SMALL, architecture="cnn", pool_size=pool_size)
+    encoder = build_encoder(config, n_features=n_features)
+    assert encoder.project.in_features == length * config.conv_filters
+    assert encoder(torch.rand(2, n_features)).shape == (2, 6)
+
+
+def test_encoder_rejects_bad_pool_size() -> None:
+    with pytest.raises(ValueError, match="pool_size must be >= 1, got 0"):
+        build_encoder(dataclasses.replace(SMALL, pool_size=0), n_features=4)
+
+
 def test_encoder_rejects_unknown_architecture() -> None:
     with pytest.raises(ValueError, match="unknown architecture 'gru'"):
         build_encoder(dataclasses.replace(SMALL, architecture="gru"), n_features=4)  # type: ignore[arg-type]

@@ -294,7 +294,11 @@ def encoder_from_metadata(metadata: dict[str, Any]) -> Any:
     from hclr_ids.config import EncoderConfig, _from_dict
     from hclr_ids.networks import EncoderClassifier
 
-    config = _from_dict(EncoderConfig, metadata["config"], "encoder.json config")
+    stored = dict(metadata["config"])
+    # Bundles written before ``pool_size`` existed always pooled by 2; the pooling has no weights, so a
+    # missing value must not fall back to a different default.
+    stored.setdefault("pool_size", 2)
+    config = _from_dict(EncoderConfig, stored, "encoder.json config")
     return EncoderClassifier(config, int(metadata["n_features"]), int(metadata["n_classes"]))
 
 

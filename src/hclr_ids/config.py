@@ -84,12 +84,14 @@ class EncoderConfig:
     """Quantile bins per feature of the piecewise-linear encoding."""
     feature_embedding_dim: int = 16
     """Channels of a separate learned linear map of each feature (with ReLU); 0 for none."""
-    conv_filters: int = 64
+    conv_filters: int = 32
     conv_layers: int = 1
     """Conv1d + ReLU blocks before the max-pooling."""
     kernel_size: int = 3
-    lstm_units: int = 128
-    bidirectional: bool = True
+    pool_size: int = 4
+    """Max-pooling window and stride along the feature axis after the conv blocks."""
+    lstm_units: int = 64
+    bidirectional: bool = False
     embedding_dim: int = 64
     dropout: float = 0.2
     learning_rate: float = 3e-3

@@ -18,9 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reference",
                         help="labelled table of training-distribution rows: validation sample of the rollback check "
                              "and training rows of the unknown-traffic detector")
-    parser.add_argument("--window-size", type=int, default=None, help="feedback rows per update window (default 32)")
+    parser.add_argument("--window-size", type=int, default=None, help="feedback rows per update window (default 64)")
     parser.add_argument("--gradient-steps", type=int, default=None,
-                        help="gradient steps per network and window (default 16)")
+                        help="gradient steps per network and window (default 32)")
     parser.add_argument("--rollback-margin", type=float, default=None,
                         help="validation macro-F1 drop that rolls a window back (default 0.02)")
     parser.add_argument("--seed", type=int, default=None, help="seed of replay sampling (default 0)")
