@@ -86,7 +86,7 @@ def test_imprinted_class_sits_margin_above_best_old_logit(holdout_run):
 
 
 def test_hybrid_window_trains_only_new_q_rows(holdout_run):
-    learner = _learner(holdout_run, holdout_every=0, rollback_margin=1.0)
+    learner = _learner(holdout_run, holdout_every=0, rollback_margin=1.0, class_rollback_margin=1.0)
     states = learner.embed(holdout_run["X"][holdout_run["reference"][:200]])
     q_before = learner.head.dqn.q_values(states).numpy()
     rows = holdout_run["new"][:64]
@@ -101,9 +101,37 @@ def test_hybrid_window_trains_only_new_q_rows(holdout_run):
     assert new_q.mean() > -1.0 + 0.1
 
 
+def test_new_class_waits_for_a_validated_window(holdout_run):
+    learner = _learner(holdout_run, holdout_every=0, rollback_margin=1.0, class_rollback_margin=1.0)
+    rows = holdout_run["new"][:20]
+    old_classes = learner.classes
+    before = learner.predict_proba(holdout_run["X"][rows])
+    result = learner.add_feedback(holdout_run["X"][rows], [NEW_CLASS] * len(rows))
+    # Fewer items than a window: the class is known to the learner but not yet part of any verdict.
+    assert result.new_classes == [NEW_CLASS] and result.windows == 0
+    assert learner.classes == old_classes
+    np.testing.assert_array_equal(learner.predict_proba(holdout_run["X"][rows]), before)
+    assert learner.flush().accepted
+    assert learner.classes == [*old_classes, NEW_CLASS]
+
+
+def test_window_that_wrecks_one_class_rolled_back(holdout_run, caplog):
+    # Only new-class labels, with the macro-F1 margin out of the way: the head learns to call everything
+    # Recon-OS_Scan, which the per-class check catches on the reference rows.
+    learner = _learner(holdout_run, holdout_every=0, rollback_margin=1.0, class_rollback_margin=0.3)
+    rows = holdout_run["new"][:64]
+    version = learner.version
+    with caplog.at_level("WARNING", logger="hclr_ids.adaptation"):
+        result = learner.add_feedback(holdout_run["X"][rows], [NEW_CLASS] * len(rows), force=True)
+    assert result.rollbacks == 1
+    assert learner.version == version
+    assert NEW_CLASS not in learner.classes
+    assert "fell by more than 0.30" in caplog.text
+
+
 def test_service_feedback_teaches_new_class(holdout_run):
     learner = _learner(holdout_run, ppo_learning_rate=1e-3, dqn_learning_rate=1e-3, gradient_steps=32,
-                       rollback_margin=1.0, holdout_every=0)
+                       rollback_margin=1.0, class_rollback_margin=1.0, holdout_every=0)
     app = create_app(learner)
     add_feedback_routes(app, learner)
     new = holdout_run["new"]

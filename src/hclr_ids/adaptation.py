@@ -149,6 +149,7 @@ class FeedbackResult:
     accepted: int
     held_back: int
     new_classes: list[str]
+    """Classes this feedback introduced; they join the model's verdicts when an update window is accepted."""
     windows: int
     rollbacks: int
     model_version: str
@@ -204,7 +205,8 @@ def grow_head(head: Any, n_new: int, new_states: Sequence[np.ndarray] | None = N
     A new Q-value starts at -1 (the reward of a wrong action). The hybrid policy observes the Q-values too,
     so its first layers gain ``n_new`` input columns with zero weights. A new policy logit starts at the
     smallest old bias with zero weights, so the verdicts do not change, unless ``new_states`` gives the
-    embeddings of flows labelled with each new class. Then the new output row is imprinted (Qi et al. 2018,
+    embeddings of flows labelled with each new class (an empty array leaves that class's row as it is). Then
+    the new output row is imprinted (Qi et al. 2018,
     "Low-Shot Learning with Imprinted Weights"): its weights are the mean last hidden activation of those
     flows, scaled to the mean norm of the old rows, and its bias puts the new logit ``margin`` above the best
     old logit on average over them. Policy gradients alone start a new action from a probability near 0,
@@ -239,6 +241,8 @@ def grow_head(head: Any, n_new: int, new_states: Sequence[np.ndarray] | None = N
         row_norm = float(old_layer.weight.detach().norm(dim=1).mean())
         with torch.no_grad():
             for k, states in enumerate(new_states):
+                if len(states) == 0:
+                    continue
                 states_t = torch.as_tensor(np.asarray(states, dtype=np.float32))
                 observed = torch.clamp(states_t, ppo.obs_low, ppo.obs_high)
                 if ppo.transform is not None:
@@ -507,6 +511,7 @@ class OnlineLearner:
         self.head = copy.deepcopy(bundle.head)
         self._classes = list(bundle.classes)
         self._n_base_classes = len(self._classes)
+        self._new_classes: list[str] = []
         self.input_features = list(bundle.input_features)
         self.task = bundle.task
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
@@ -676,6 +681,7 @@ class OnlineLearner:
     def _restore(self, snapshot: _Snapshot) -> None:
         self.head = copy.deepcopy(snapshot.head)
         self._classes = list(snapshot.classes)
+        self._new_classes = []
         self._replay = copy.deepcopy(snapshot.replay)
         self._holdout_states = snapshot.holdout_states.copy()
         self._holdout_labels = snapshot.holdout_labels.copy()
@@ -724,16 +730,11 @@ class OnlineLearner:
             raise FeedbackError(problems)
         states = self.embed(X)
         with self._lock:
-            new_classes = [c for c in dict.fromkeys(labels) if c not in self._classes]
-            if new_classes:
-                imprint = None
-                if self.config.imprint_new_classes:
-                    imprint = [states[[label == c for label in labels]] for c in new_classes]
-                self.head = grow_head(self.head, len(new_classes), imprint, self.config.imprint_margin)
-                self._classes.extend(new_classes)
-                logger.info("feedback added classes %s; the model now has %d classes", new_classes,
-                            len(self._classes))
-            index = {label: i for i, label in enumerate(self._classes)}
+            # A class the head lacks gets its index now and joins the head in the next update window, so the
+            # verdicts only ever come from a validated model.
+            new_classes = [c for c in dict.fromkeys(labels) if c not in self._classes and c not in self._new_classes]
+            self._new_classes.extend(new_classes)
+            index = {label: i for i, label in enumerate(self._classes + self._new_classes)}
             codes = np.asarray([index[label] for label in labels], dtype=np.int64)
             given = np.full(len(X), -1, dtype=np.int64) if verdicts is None else np.asarray(verdicts, np.int64)
             missing = given < 0
@@ -791,6 +792,8 @@ class OnlineLearner:
         self._pending = 0
         if len(self._replay.labels) == 0:
             return
+        if self._new_classes:
+            self._add_classes()
         self._generator_seed += 1
         self._train_heads(self._generator_seed)
 
@@ -833,6 +836,18 @@ class OnlineLearner:
                     items, "accepted" if accepted else "rolled back",
                     "n/a" if candidate is None else f"{candidate:.4f}",
                     "n/a" if previous is None else f"{previous:.4f}", self.version)
+
+    def _add_classes(self) -> None:
+        """Grow the head by the classes that so far occur only in feedback, imprinted from their replay rows."""
+        first = len(self._classes)
+        imprint = None
+        if self.config.imprint_new_classes:
+            imprint = [self._replay.states[self._replay.labels == first + k] for k in range(len(self._new_classes))]
+        self.head = grow_head(self.head, len(self._new_classes), imprint, self.config.imprint_margin)
+        self._classes.extend(self._new_classes)
+        logger.info("feedback added classes %s; the candidate model has %d classes", self._new_classes,
+                    len(self._classes))
+        self._new_classes = []
 
     def _train_heads(self, seed: int) -> None:
         import torch
