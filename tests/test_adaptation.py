@@ -108,7 +108,8 @@ def test_new_class_waits_for_a_validated_window(holdout_run):
     before = learner.predict_proba(holdout_run["X"][rows])
     result = learner.add_feedback(holdout_run["X"][rows], [NEW_CLASS] * len(rows))
     # Fewer items than a window: the class is known to the learner but not yet part of any verdict.
-    assert result.new_classes == [NEW_CLASS] and result.windows == 0
+    assert result.new_classes == [NEW_CLASS]
+    assert result.windows == 0
     assert learner.classes == old_classes
     np.testing.assert_array_equal(learner.predict_proba(holdout_run["X"][rows]), before)
     assert learner.flush().accepted
