@@ -10,15 +10,15 @@ from hclr_ids.pipeline import train
 from conftest import small_run_config
 
 TOLERANCE = 0.05
-"""Allowed gap in validation macro-F1. Measured with this config: one process 0.1444, 0.1460, 0.1458 (seeds 0-2),
-two workers 0.1449 and 0.1453 (seeds 0-1)."""
+"""Allowed gap in validation macro-F1. Measured with this config: one process 0.2170 and 0.1453 (seeds 0-1), two
+workers 0.2076 and 0.1459, so the gap (0.009 at most) is far below the spread over seeds (0.07)."""
 
 
 def test_two_workers_match_one(release_root: Path, tmp_path: Path):
     import ray
 
     config = small_run_config(release_root, tmp_path / "cache", **{
-        "data.max_train_rows": 2000, "encoder.max_epochs": 3, "rl.head": "softmax"})
+        "data.max_train_rows": 4000, "encoder.max_epochs": 3, "rl.head": "softmax"})
     single = train(config, tmp_path / "single")
     try:
         parallel = train_distributed(config, tmp_path / "ray", num_workers=2)
