@@ -22,6 +22,12 @@ from hclr_ids.schema import task_labels
 logger = logging.getLogger(__name__)
 
 HCLR_NAME = "HCLR-IDS"
+_ENCODER_NAMES = {"cnn": "CNN", "lstm": "LSTM", "cnn-lstm": "CNN-LSTM"}
+
+
+def encoder_name(architecture: str) -> str:
+    """Return the name of an encoder architecture in reports: ``CNN``, ``LSTM`` or ``CNN-LSTM``."""
+    return _ENCODER_NAMES.get(architecture, architecture)
 
 
 @dataclass
@@ -229,7 +235,7 @@ def fit_models(config: RunConfig, prepared: PreparedData, progress: Any = None) 
     history["rl"] = rl_history
     extra = {}
     if head_kind == "hybrid":
-        extra["CNN-LSTM + DQN"] = head.dqn
+        extra[f"{encoder_name(config.encoder.architecture)} + DQN"] = head.dqn
     return TrainedModel(encoder, head, head_kind, history, extra_heads=extra, seconds=seconds)
 
 
@@ -258,14 +264,15 @@ def predict_proba_models(model: TrainedModel, X: np.ndarray) -> dict[str, np.nda
     """Return class probabilities of the configured model and of its intermediate heads."""
     from hclr_ids import training
 
-    out = {"CNN-LSTM (softmax)": training.predict_proba(model.encoder, X)}
+    softmax_name = f"{encoder_name(model.encoder.encoder.architecture)} (softmax)"
+    out = {softmax_name: training.predict_proba(model.encoder, X)}
     if model.head is not None:
         states = training.embed(model.encoder, X)
         for name, head in model.extra_heads.items():
             out[name] = np.asarray(head.predict_proba(states))
         out[HCLR_NAME] = np.asarray(model.head.predict_proba(states))
     else:
-        out[HCLR_NAME] = out.pop("CNN-LSTM (softmax)")
+        out[HCLR_NAME] = out.pop(softmax_name)
     return out
 
 

@@ -97,8 +97,8 @@ def render_report(metrics: dict[str, Any], *, title: str) -> str:
     lines += ["", "## Summary", "", format_metrics_table(metrics["models"]), ""]
     if len(metrics["models"]) > 1:
         lines += [
-            "All models are scored on the same test rows. HCLR-IDS is the CNN-LSTM encoder with the hybrid "
-            "decision head (PPO over the embedding and the DQN's Q-values); the CNN-LSTM (softmax) and + DQN rows "
+            "All models are scored on the same test rows. HCLR-IDS is the encoder with the configured decision "
+            "head (for the hybrid: PPO over the embedding and the DQN's Q-values); the (softmax) and + DQN rows "
             "are its intermediate heads on the same frozen embedding. RandomForest and LightGBM are fitted on the "
             "same training rows with every feature of the policy after preprocessing (not only the selected "
             "ones). Nothing was chosen on the test rows: early stopping and the heads' temperatures use the "

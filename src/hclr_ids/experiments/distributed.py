@@ -197,7 +197,7 @@ def train_distributed(config: RunConfig, out_dir: str | Path, *, num_workers: in
                 val_labels=prepared.y_val[known])
         seconds["rl_head"] = time.perf_counter() - start
         if config.rl.head == "hybrid":
-            extra["CNN-LSTM + DQN"] = head.dqn
+            extra[f"{pipeline.encoder_name(config.encoder.architecture)} + DQN"] = head.dqn
     model = pipeline.TrainedModel(encoder, head, config.rl.head, history, extra_heads=extra, seconds=seconds)
     pipeline.save_model(out, config, prepared, model)
     proba = pipeline.predict_proba_models(model, prepared.X_val)[pipeline.HCLR_NAME]
