@@ -13,8 +13,9 @@ recall of the new class and the macro-F1 over the old classes on the evaluation 
 - ``softmax-retrain``: a logistic-regression head on the frozen embeddings, refitted from scratch on the
   training sample plus all feedback every ``--retrain-every`` labels.
 
-It also reports the unknown detector's recall on the new class before any feedback. Output: a Markdown
-table on stdout, ``adaptation.json`` and ``adaptation.png`` in ``--out``.
+It also reports the unknown detector's recall on the new class before any feedback, next to a novelty score
+in the input space: the mean distance to the 5 nearest training rows of selected, scaled features. Output: a
+Markdown table on stdout, ``adaptation.json`` and ``adaptation.png`` in ``--out``.
 
 Example: ``.venv/bin/python benchmarks/bench_adaptation.py --classes Recon-OS_Scan --out /tmp/bench``
 """
@@ -103,6 +104,20 @@ def run_class(args: argparse.Namespace, excluded: str) -> dict:
     def features(rows: np.ndarray) -> np.ndarray:
         return preprocess.transform(X[rows])[:, selected]
 
+    # Novelty in the input space for comparison: mean distance to the 5 nearest of 20,000 training rows (selected,
+    # scaled features), with the threshold at the same percentile of the reference rows' distances.
+    from sklearn.neighbors import NearestNeighbors
+
+    knn_rows = np.random.default_rng(args.seed + 1).choice(split.train, min(20_000, len(split.train)), replace=False)
+    knn = NearestNeighbors(n_neighbors=5).fit(features(knn_rows))
+
+    def knn_score(rows: np.ndarray) -> np.ndarray:
+        return knn.kneighbors(features(rows))[0].mean(axis=1)
+
+    knn_flag = knn_score(evaluation) > np.percentile(knn_score(reference), learner.config.unknown_percentile)
+    knn_recall = float(knn_flag[y_eval == excluded].mean())
+    knn_false = float(knn_flag[y_eval != excluded].mean())
+
     arf = forest.ARFClassifier(n_models=10, seed=args.seed)
     names = [f"f{i}" for i in range(len(selected))]
     for row, label in zip(features(train_sample), y[train_sample]):
@@ -153,6 +168,7 @@ def run_class(args: argparse.Namespace, excluded: str) -> dict:
     return {"class": excluded, "train_seconds": train_seconds, "stream_flows": int(len(stream)),
             "feedback_labels": int(len(feedback)), "new_class_feedback": int(np.sum(y[feedback] == excluded)),
             "unknown_recall_before_feedback": unknown_recall, "unknown_false_positive_rate": unknown_false,
+            "knn_novelty_recall": knn_recall, "knn_novelty_false_positive_rate": knn_false,
             "hclr_rollbacks": learner.rollbacks, "curves": curves}
 
 
