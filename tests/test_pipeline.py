@@ -178,3 +178,21 @@ def test_nonfinite_training_rows_are_imputed(release_csv_dir: Path, tmp_path: Pa
     assert metrics["preprocess"]["train"]["missing"]["Std"] > 0
     assert np.isfinite(metrics["macro_f1"])
     assert list(FEATURE_COLUMNS) == [c for c in table.columns if c != "label"]
+
+
+def test_report_rows_named_after_encoder():
+    from hclr_ids.config import EncoderConfig
+    from hclr_ids.networks import EncoderClassifier
+    from hclr_ids.pipeline import TrainedModel, predict_proba_models
+
+    config = EncoderConfig(architecture="cnn", conv_filters=4, embedding_dim=3, feature_embedding_dim=2, ple_bins=2)
+
+    class AlwaysSecondClass:
+        def predict_proba(self, states: np.ndarray) -> np.ndarray:
+            return np.tile(np.asarray([0.0, 1.0], dtype=np.float32), (len(states), 1))
+
+    model = TrainedModel(EncoderClassifier(config, n_features=5, n_classes=2), AlwaysSecondClass(), "hybrid", {})
+    out = predict_proba_models(model, np.random.default_rng(0).random((4, 5), dtype=np.float32))
+    assert set(out) == {"CNN (softmax)", "HCLR-IDS"}
+    assert out["CNN (softmax)"].shape == (4, 2)
+    assert out["HCLR-IDS"][:, 1].tolist() == [1.0] * 4
