@@ -76,8 +76,8 @@ def test_imprinted_class_sits_margin_above_best_old_logit(holdout_run):
     grown = grow_head(bundle.head, 1, [new_states], margin=1.5)
     with torch.no_grad():
         logits = grown.logits(new_states).numpy()
-    # The bias is set so that the new logit exceeds the best old logit by the margin on average over the
-    # imprinted flows; the old logits themselves are untouched.
+    # The bias puts the new logit the margin above the best old logit, on average over the imprinted flows.
+    # The old logits stay as they were.
     gap = logits[:, -1] - logits[:, :-1].max(axis=1)
     assert gap.mean() == pytest.approx(1.5, abs=1e-4)
     with torch.no_grad():
@@ -94,7 +94,7 @@ def test_hybrid_window_trains_only_new_q_rows(holdout_run):
     assert learner.history[-1].accepted
     q_after = learner.head.dqn.q_values(states).numpy()
     n_old = q_before.shape[1]
-    # The policy observes the Q-values, so the trained rows keep theirs exactly; the new row starts at -1
+    # The policy observes the Q-values, so the trained rows keep theirs exactly. The new row starts at -1
     # (zero weights) and moves towards the +1 reward of its labelled flows.
     np.testing.assert_array_equal(q_after[:, :n_old], q_before)
     new_q = learner.head.dqn.q_values(learner.embed(holdout_run["X"][rows])).numpy()[:, n_old]
@@ -257,3 +257,41 @@ def test_adapt_rejects_unknown_label(holdout_run, tmp_path):
 
     assert status == 1
     assert not (tmp_path / "adapted").exists()
+
+
+def test_unknown_threshold_is_validation_percentile(holdout_run):
+    from hclr_ids.adaptation import UnknownDetector
+
+    learner = _learner(holdout_run)
+    states = learner.embed(holdout_run["X"][holdout_run["reference"]])
+    fit, val = states[:1000], states[1000:]
+    detector = UnknownDetector.fit(fit, val, AdaptConfig(unknown_percentile=90.0))
+    # np.percentile interpolates, so exactly 10% of the 1000 validation scores lie above the threshold.
+    assert np.mean(detector.scores(val) > detector.threshold) == pytest.approx(0.10, abs=0.002)
+
+
+def test_unknown_flows_relabelled_with_score(holdout_run):
+    learner = _learner(holdout_run)
+    assert learner.detector is not None
+    X = holdout_run["X"][holdout_run["test"][:50]]
+    scores = learner.detector.scores(learner.embed(X))
+    # A threshold at the median flags the upper half, whose verdicts become "unknown" attacks with their score.
+    learner.detector.threshold = float(np.median(scores))
+    frame = learner.verdicts(X)
+    flagged = scores > learner.detector.threshold
+    assert frame["class"].to_numpy()[flagged].tolist() == ["unknown"] * int(flagged.sum())
+    assert frame["attack"].to_numpy()[flagged].all()
+    assert "unknown" not in frame["class"].to_numpy()[~flagged].tolist()
+    np.testing.assert_allclose(frame["unknown_score"].to_numpy(), np.round(scores, 6), atol=1e-6)
+
+
+def test_unknown_detector_saved_with_bundle(holdout_run, tmp_path):
+    from hclr_ids.adaptation import UnknownDetector
+
+    learner = _learner(holdout_run)
+    learner.save(tmp_path / "adapted")
+    loaded = UnknownDetector.load(tmp_path / "adapted")
+    assert loaded is not None
+    assert loaded.threshold == learner.detector.threshold
+    states = learner.embed(holdout_run["X"][holdout_run["reference"][:20]])
+    np.testing.assert_allclose(loaded.scores(states), learner.detector.scores(states), atol=1e-6)
