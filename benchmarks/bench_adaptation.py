@@ -94,7 +94,7 @@ def run_class(args: argparse.Namespace, excluded: str) -> dict:
     learner = OnlineLearner(bundle, AdaptConfig(seed=args.seed), reference_X=X[reference],
                             reference_labels=y[reference])
     eval_states = learner.embed(X_eval)
-    _, unknown = learner.unknown_scores(eval_states, np.ones(len(eval_states)))
+    _, unknown = learner.unknown_scores(X_eval, np.ones(len(X_eval)), eval_states)
     unknown_recall = float(unknown[y_eval == excluded].mean())
     unknown_false = float(unknown[y_eval != excluded].mean())
 

@@ -274,7 +274,7 @@ def test_unknown_flows_relabelled_with_score(holdout_run):
     learner = _learner(holdout_run)
     assert learner.detector is not None
     X = holdout_run["X"][holdout_run["test"][:50]]
-    scores = learner.detector.scores(learner.embed(X))
+    scores = learner.detector.scores(learner.features(X))
     # A threshold at the median flags the upper half, whose verdicts become "unknown" attacks with their score.
     learner.detector.threshold = float(np.median(scores))
     frame = learner.verdicts(X)
@@ -285,13 +285,38 @@ def test_unknown_flows_relabelled_with_score(holdout_run):
     np.testing.assert_allclose(frame["unknown_score"].to_numpy(), np.round(scores, 6), atol=1e-6)
 
 
-def test_unknown_detector_saved_with_bundle(holdout_run, tmp_path):
-    from hclr_ids.adaptation import UnknownDetector
+@pytest.mark.parametrize("kind", ["neighbours", "autoencoder"])
+def test_unknown_detector_saved_with_bundle(holdout_run, tmp_path, kind):
+    from hclr_ids.adaptation import load_unknown_detector
 
-    learner = _learner(holdout_run)
+    learner = _learner(holdout_run, unknown_detector=kind)
     learner.save(tmp_path / "adapted")
-    loaded = UnknownDetector.load(tmp_path / "adapted")
-    assert loaded is not None
+    loaded = load_unknown_detector(tmp_path / "adapted")
+    assert type(loaded) is type(learner.detector)
     assert loaded.threshold == learner.detector.threshold
-    states = learner.embed(holdout_run["X"][holdout_run["reference"][:20]])
-    np.testing.assert_allclose(loaded.scores(states), learner.detector.scores(states), atol=1e-6)
+    X = holdout_run["X"][holdout_run["reference"][:20]]
+    inputs = learner.features(X) if kind == "neighbours" else learner.embed(X)
+    np.testing.assert_allclose(loaded.scores(inputs), learner.detector.scores(inputs), atol=1e-6)
+
+
+def test_neighbour_scores_hand_computed():
+    from hclr_ids.adaptation import NeighbourDetector
+
+    reference = np.asarray([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    detector = NeighbourDetector(reference, k=2, threshold=1.0, percentile=99.0, max_rows=4)
+    # (0, 0): distances 0, 1 and 2, mean of the two nearest 0.5. (3, 4): distances 5, sqrt(20) and sqrt(13).
+    np.testing.assert_allclose(detector.scores(np.asarray([[0.0, 0.0], [3.0, 4.0]])),
+                               [0.5, (np.sqrt(13.0) + np.sqrt(20.0)) / 2], rtol=1e-6)
+
+
+def test_neighbour_refit_makes_taught_rows_known():
+    from hclr_ids.adaptation import NeighbourDetector
+
+    rng = np.random.default_rng(0)
+    detector = NeighbourDetector.fit(rng.random((500, 3)), rng.random((200, 3)), AdaptConfig(unknown_max_rows=600))
+    far = 5.0 + 0.01 * rng.random((150, 3))
+    assert (detector.scores(far) > detector.threshold).all()
+    detector.refit(far, steps=0, seed=0)
+    # 150 new rows on top of 500 exceed the 600-row cap, so 50 old rows make room.
+    assert len(detector.reference) == 600
+    assert (detector.scores(far) < detector.threshold).all()

@@ -29,8 +29,9 @@ A label that the model has no action for (a class that occurs only in feedback) 
 row, keeping the old weights, and the bundle's class list grows with it. The new policy row is imprinted from
 the embeddings of the flows with that label (see :func:`grow_head`).
 
-:class:`UnknownDetector` flags flows far from the training traffic: the reconstruction error of a small
-autoencoder fitted on training embeddings, with its threshold at a high percentile of validation scores.
+The unknown check flags flows far from the training traffic, with its threshold at a high percentile of
+validation scores: by default :class:`NeighbourDetector`, the mean distance to the nearest reference rows in
+the selected, scaled features; or :class:`UnknownDetector`, an autoencoder's error on the embedding.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -113,6 +114,12 @@ class AdaptConfig:
     lowered until it does."""
     flow_cache_size: int = 100_000
     """Recent flows whose features are kept for feedback by ``flow_id``."""
+    unknown_detector: Literal["neighbours", "autoencoder"] = "neighbours"
+    """Novelty score of the unknown check: distance to the nearest training rows in the selected, scaled
+    features (:class:`NeighbourDetector`), or an autoencoder's error on the embedding (:class:`UnknownDetector`)."""
+    unknown_neighbours: int = 5
+    unknown_max_rows: int = 20_000
+    """Reference rows of the neighbour detector at most."""
     unknown_percentile: float = 99.0
     """Percentile of validation reconstruction errors used as the unknown threshold."""
     unknown_min_confidence: float = 0.0
@@ -299,14 +306,9 @@ def _policy(head: Any) -> Any:
 
 
 class UnknownDetector:
-    """Autoencoder on flow embeddings; a flow whose reconstruction error exceeds ``threshold`` is unknown.
+    """Autoencoder on flow embeddings; a flow whose reconstruction error exceeds ``threshold`` is unknown."""
 
-    NOTE: the encoder learns to map flows onto the trained classes, so an unseen attack rarely stands out in
-    its embedding. With three CICIoMT2024 classes held out, this detector flagged 0-4.2% of the unseen class,
-    and the mean distance to the 5 nearest training rows in the selected, scaled features flagged 11-61% at
-    0.7-1.9% false positives (benchmarks/bench_adaptation.py). A detector in the input space is the better
-    choice; it is not built yet.
-    """
+    space = "embedding"
 
     def __init__(self, network: torch.nn.Module, threshold: float, percentile: float) -> None:
         self.network = network.eval()
@@ -404,6 +406,92 @@ class UnknownDetector:
         return cls(network, float(metadata["threshold"]), float(metadata["percentile"]))
 
 
+class NeighbourDetector:
+    """Mean distance to the ``k`` nearest reference rows of selected, scaled features; above ``threshold`` is unknown.
+
+    The encoder maps flows onto the trained classes, so an unseen attack rarely stands out in its embedding.
+    With three CICIoMT2024 classes held out, the autoencoder on embeddings (:class:`UnknownDetector`) flagged
+    0-4.2% of the unseen class, and this distance flagged 11-61% at 0.7-1.9% false positives
+    (benchmarks/bench_adaptation.py). Scoring is brute force over at most ``max_rows`` reference rows.
+    """
+
+    space = "features"
+
+    def __init__(self, reference: np.ndarray, k: int, threshold: float, percentile: float, max_rows: int) -> None:
+        self.reference = np.ascontiguousarray(reference, dtype=np.float32)
+        self.k = k
+        self.threshold = threshold
+        self.percentile = percentile
+        self.max_rows = max_rows
+
+    @classmethod
+    def fit(cls, train_rows: np.ndarray, val_rows: np.ndarray, config: AdaptConfig) -> NeighbourDetector:
+        """Keep training rows as the reference; the threshold is the configured percentile of validation scores."""
+        if len(train_rows) == 0 or len(val_rows) == 0:
+            raise ValueError("the unknown detector needs training and validation rows; got an empty array")
+        rng = np.random.default_rng(config.seed)
+        if len(train_rows) > config.unknown_max_rows:
+            train_rows = train_rows[rng.choice(len(train_rows), config.unknown_max_rows, replace=False)]
+        detector = cls(train_rows, min(config.unknown_neighbours, len(train_rows)), math.inf,
+                       config.unknown_percentile, config.unknown_max_rows)
+        detector.threshold = float(np.percentile(detector.scores(val_rows), config.unknown_percentile))
+        logger.info("unknown detector: %d reference rows, threshold %.5f (%.1fth percentile of %d validation "
+                    "scores)", len(train_rows), detector.threshold, config.unknown_percentile, len(val_rows))
+        return detector
+
+    def scores(self, rows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        """Return the mean Euclidean distance of each row to its ``k`` nearest reference rows, float64 (n,)."""
+        import torch
+
+        reference = torch.from_numpy(self.reference)
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        out = np.empty(len(x), dtype=np.float64)
+        with torch.no_grad():
+            for first in range(0, len(x), batch_size):
+                distances = torch.cdist(x[first:first + batch_size], reference)
+                nearest = torch.topk(distances, self.k, dim=1, largest=False).values
+                out[first:first + batch_size] = nearest.mean(dim=1).double().numpy()
+        return out
+
+    def refit(self, rows: np.ndarray, steps: int, seed: int) -> None:
+        """Add labelled feedback rows to the reference, so that taught traffic counts as known.
+
+        Beyond ``max_rows`` a seeded random choice of the older rows makes room. ``steps`` is unused.
+        """
+        if len(rows) == 0:
+            return
+        rows = np.asarray(rows, dtype=np.float32)[-self.max_rows:]
+        keep = self.max_rows - len(rows)
+        old = self.reference
+        if len(old) > keep:
+            old = old[np.sort(np.random.default_rng(seed).choice(len(old), keep, replace=False))]
+        self.reference = np.ascontiguousarray(np.concatenate([old, rows]))
+
+    def metadata(self) -> dict[str, Any]:
+        return {"kind": "neighbours", "k": self.k, "threshold": self.threshold, "percentile": self.percentile,
+                "max_rows": self.max_rows, "feature_dim": int(self.reference.shape[1])}
+
+    def save(self, folder: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({"reference": self.reference}, str(folder / UNKNOWN_FILES[1]))
+        (folder / UNKNOWN_FILES[0]).write_text(json.dumps(self.metadata(), indent=2) + "\n", encoding="utf-8")
+
+
+def load_unknown_detector(folder: Path) -> UnknownDetector | NeighbourDetector | None:
+    """Read the unknown detector saved in a bundle folder, or return None when the folder has none."""
+    meta_path, weights_path = (folder / name for name in UNKNOWN_FILES)
+    if not meta_path.is_file() or not weights_path.is_file():
+        return None
+    metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    if metadata.get("kind") != "neighbours":
+        return UnknownDetector.load(folder)
+    from safetensors.numpy import load_file
+
+    return NeighbourDetector(load_file(str(weights_path))["reference"], int(metadata["k"]),
+                             float(metadata["threshold"]), float(metadata["percentile"]), int(metadata["max_rows"]))
+
+
 # ---------------------------------------------------------------------------------------------- flow cache
 
 
@@ -472,7 +560,7 @@ class _Snapshot:
     replay: _Replay
     holdout_states: np.ndarray
     holdout_labels: np.ndarray
-    detector: UnknownDetector | None
+    detector: UnknownDetector | NeighbourDetector | None
 
 
 class _StoredSelector:
@@ -547,6 +635,7 @@ class OnlineLearner:
         self.rollbacks = 0
         self.feedback_seen = 0
         self._pending = 0
+        self._pending_features: list[np.ndarray] = []
         self._next_window_at = 0.0
         self._generator_seed = self.config.seed
         d = self._state_dim()
@@ -557,7 +646,7 @@ class OnlineLearner:
         self._reference_labels = np.zeros(0, dtype=np.int64)
         self._rehearsal_states = np.zeros((0, d), dtype=np.float32)
         self._rehearsal_labels = np.zeros(0, dtype=np.int64)
-        self.detector = UnknownDetector.load(bundle.path)
+        self.detector = load_unknown_detector(bundle.path)
         if reference_X is not None:
             if reference_labels is None:
                 raise ValueError("pass reference_labels with reference_X")
@@ -602,6 +691,18 @@ class OnlineLearner:
                 out[start:start + batch_size] = self.bundle.encoder.embed(features).numpy()
         return out
 
+    def features(self, X: np.ndarray) -> np.ndarray:
+        """Return the scaled values of the selected features of raw rows, float32 (n, n_selected)."""
+        import torch
+
+        X = np.asarray(X, dtype=np.float32)
+        if X.ndim != 2 or X.shape[1] != len(self.input_features):
+            raise ValueError(f"expected rows of {len(self.input_features)} features "
+                             f"({', '.join(self.input_features)}), got an array of shape {X.shape}")
+        with torch.inference_mode():
+            scaled = self._preprocess(torch.from_numpy(X))
+            return torch.index_select(scaled, 1, torch.as_tensor(self.bundle.selected_indices)).numpy().copy()
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Score raw rows with the current head: class probabilities, float32 (n, n_classes)."""
         states = self.embed(X)
@@ -616,12 +717,20 @@ class OnlineLearner:
             return last[1]
         return self.embed(X)
 
-    def unknown_scores(self, states: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return the reconstruction error of each state (NaN without a detector) and the unknown flag."""
+    def unknown_scores(self, X: np.ndarray, confidence: np.ndarray,
+                       states: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return the novelty score of each raw row (NaN without a detector) and the unknown flag.
+
+        ``states`` are the rows' embeddings when the caller has them; only an embedding detector reads them.
+        """
         flagged = confidence < self.config.unknown_min_confidence
         if self.detector is None:
-            return np.full(len(states), np.nan), flagged
-        scores = self.detector.scores(states)
+            return np.full(len(X), np.nan), flagged
+        if self.detector.space == "features":
+            inputs = self.features(X)
+        else:
+            inputs = states if states is not None else self._states_of(X)
+        scores = self.detector.scores(inputs)
         return scores, flagged | (scores > self.detector.threshold)
 
     def annotate_verdicts(self, frame: pl.DataFrame, X: np.ndarray, proba: np.ndarray) -> pl.DataFrame:
@@ -636,7 +745,7 @@ class OnlineLearner:
             return frame.with_columns(pl.lit(None, pl.String).alias("flow_id"))
         best = proba.argmax(axis=1)
         confidence = proba[np.arange(len(best)), best]
-        scores, flagged = self.unknown_scores(self._states_of(X), confidence)
+        scores, flagged = self.unknown_scores(X, confidence)
         with self._lock:
             flow_ids = self.flows.add(np.asarray(X, dtype=np.float32), best)
             version = self.version
@@ -685,7 +794,11 @@ class OnlineLearner:
         self._reference_states, self._reference_labels = states[val], codes[val]
         self._rehearsal_states, self._rehearsal_labels = states[fit], codes[fit]
         if self.detector is None and len(fit) and len(val):
-            self.detector = UnknownDetector.fit(states[fit], states[val], self.config)
+            if self.config.unknown_detector == "neighbours":
+                rows = self.features(X[known])
+                self.detector = NeighbourDetector.fit(rows[fit], rows[val], self.config)
+            else:
+                self.detector = UnknownDetector.fit(states[fit], states[val], self.config)
 
     def _snapshot(self) -> _Snapshot:
         return _Snapshot(copy.deepcopy(self.head), list(self._classes), copy.deepcopy(self._replay),
@@ -772,6 +885,7 @@ class OnlineLearner:
                 self.config.replay_size,
             )
             self._pending += int(learn.sum())
+            self._pending_features.append(self.features(X[learn]))
             before_windows, before_rollbacks = len(self.history), self.rollbacks
             self._maybe_run_window(force)
             return FeedbackResult(
@@ -803,6 +917,8 @@ class OnlineLearner:
     def _run_window(self) -> None:
         items = self._pending
         self._pending = 0
+        taught = np.concatenate(self._pending_features) if self._pending_features else None
+        self._pending_features = []
         if len(self._replay.labels) == 0:
             return
         if self._new_classes:
@@ -828,7 +944,9 @@ class OnlineLearner:
         if accepted:
             self.update_count += 1
             if self.detector is not None:
-                self.detector.refit(self._replay.states[-items:], self.config.gradient_steps, self._generator_seed)
+                rows = taught if self.detector.space == "features" else self._replay.states[-items:]
+                if rows is not None:
+                    self.detector.refit(rows, self.config.gradient_steps, self._generator_seed)
             self._good = self._snapshot()
             if self.snapshot_dir is not None:
                 self.save(self.snapshot_dir / f"adapt-{self.update_count}")
