@@ -91,8 +91,8 @@ def run_class(args: argparse.Namespace, excluded: str) -> dict:
     reference = rng.choice(split.val, min(args.reference_rows, len(split.val)), replace=False)
     train_sample = rng.choice(split.train, min(args.reference_rows, len(split.train)), replace=False)
 
-    learner = OnlineLearner(bundle, AdaptConfig(seed=args.seed), reference_X=X[reference],
-                            reference_labels=y[reference])
+    learner = OnlineLearner(bundle, AdaptConfig(seed=args.seed, unknown_detector=args.unknown_detector),
+                            reference_X=X[reference], reference_labels=y[reference])
     eval_states = learner.embed(X_eval)
     _, unknown = learner.unknown_scores(X_eval, np.ones(len(X_eval)), eval_states)
     unknown_recall = float(unknown[y_eval == excluded].mean())
@@ -228,6 +228,8 @@ def main() -> None:
     parser.add_argument("--old-rows", type=int, default=6000, help="test rows of the old classes used")
     parser.add_argument("--reference-rows", type=int, default=2000, help="validation rows given to the learner")
     parser.add_argument("--max-train-rows", type=int, default=20_000, help="training rows of each model")
+    parser.add_argument("--unknown-detector", choices=["neighbours", "autoencoder"], default="neighbours",
+                        help="novelty score of the learner's unknown check (default neighbours)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -411,8 +411,8 @@ class NeighbourDetector:
 
     The encoder maps flows onto the trained classes, so an unseen attack rarely stands out in its embedding.
     With three CICIoMT2024 classes held out, the autoencoder on embeddings (:class:`UnknownDetector`) flagged
-    0-4.2% of the unseen class, and this distance flagged 11-61% at 0.7-1.9% false positives
-    (benchmarks/bench_adaptation.py). Scoring is brute force over at most ``max_rows`` reference rows.
+    0-4.2% of the unseen class, and this distance over 1,000 validation rows flagged 4-76% at 0.5-1.3% false
+    positives (benchmarks/bench_adaptation.py). Scoring is brute force over at most ``max_rows`` reference rows.
     """
 
     space = "features"
