@@ -30,8 +30,9 @@ row, keeping the old weights, and the bundle's class list grows with it. The new
 the embeddings of the flows with that label (see :func:`grow_head`).
 
 The unknown check flags flows far from the training traffic, with its threshold at a high percentile of
-validation scores: by default :class:`NeighbourDetector`, the mean distance to the nearest reference rows in
-the selected, scaled features; or :class:`UnknownDetector`, an autoencoder's error on the embedding.
+validation scores. Its default score is :class:`NeighbourDetector`, the mean distance to the nearest reference
+rows in the selected, scaled features. :class:`UnknownDetector`, an autoencoder's error on the embedding, is
+the alternative.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class AdaptConfig:
     rollback_margin: float = 0.02
     """Largest drop of validation macro-F1 against the last accepted snapshot before a window is rolled back.
 
-    The validation sample holds the held-back feedback too, so a window that teaches a new class raises the
+    The validation sample contains the held-back feedback too, so a window that teaches a new class raises the
     macro-F1 through that class as long as the old classes keep their scores."""
     demonstration_coef: float = 1.0
     """Weight of the cross-entropy of the policy on the analyst's labels, added to the PPO loss; 0 for none."""
@@ -1123,9 +1124,9 @@ class OnlineLearner:
             if self.config.demonstration_coef > 0:
                 # Each labelled flow is one demonstration: its transition whose action is the label (a wrong
                 # verdict also has a transition of the verdict, which would count the flow twice).
-                shown = (actions[rows] == labels[rows]).float()
-                imitation = F.nll_loss(log_probs, labels[rows], reduction="none") * label_weights[rows] * shown
-                loss = loss + self.config.demonstration_coef * imitation.sum() / shown.sum().clamp_min(1.0)
+                demonstrated = (actions[rows] == labels[rows]).float()
+                imitation = F.nll_loss(log_probs, labels[rows], reduction="none") * label_weights[rows] * demonstrated
+                loss = loss + self.config.demonstration_coef * imitation.sum() / demonstrated.sum().clamp_min(1.0)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(agent.parameters(), self.config.max_grad_norm)
