@@ -320,3 +320,18 @@ def test_neighbour_refit_makes_taught_rows_known():
     # 150 new rows on top of 500 exceed the 600-row cap, so 50 old rows make room.
     assert len(detector.reference) == 600
     assert (detector.scores(far) < detector.threshold).all()
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("imprint_false_positive_rate", 1.5, "imprint_false_positive_rate must lie in \\[0, 1\\], got 1.5"),
+    ("class_rollback_margin", -0.1, "class_rollback_margin must be >= 0, got -0.1"),
+])
+def test_adapt_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        AdaptConfig(**{field: value})
+
+
+def test_grow_head_needs_states_per_class(holdout_run):
+    bundle = load_bundle(holdout_run["bundle"])
+    with pytest.raises(ValueError, match="new_states has 1 arrays for 2 new classes; pass one per class"):
+        grow_head(bundle.head, 2, [np.zeros((1, 4), dtype=np.float32)])

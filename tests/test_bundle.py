@@ -102,7 +102,7 @@ def test_wrong_input_width_rejected(trained_bundle: Path):
         bundle.predict_proba(np.zeros((2, 44), dtype=np.float32))
 
 
-def test_encoder_metadata_without_pool_size_pools_by_two():
+def test_missing_pool_size_pools_by_two():
     import dataclasses
 
     from hclr_ids.bundle import encoder_from_metadata

@@ -41,6 +41,11 @@ def test_parallel_runs_match_one_thread(bundle_dir, real_rows):
     assert np.abs(parallel - whole).max() <= 1e-6
 
 
+def test_scorer_rejects_negative_threads(bundle_dir):
+    with pytest.raises(ValueError, match="threads must be >= 0, got -1"):
+        OnnxScorer(bundle_dir / ONNX_FILE_NAME, threads=-1)
+
+
 def test_onnx_nonfinite_rows_finite(bundle_dir, real_rows):
     proba = OnnxScorer(bundle_dir / ONNX_FILE_NAME).predict_proba(real_rows[:6])
     assert np.isfinite(proba).all()

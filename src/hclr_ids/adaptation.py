@@ -105,6 +105,7 @@ class AdaptConfig:
     """Largest drop of one class's validation F1 before a window is rolled back, for classes with at least
     ``class_check_min_rows`` validation rows. Macro-F1 over ten classes hides a class that falls from 0.8 to 0."""
     class_check_min_rows: int = 5
+    """Validation rows a class needs before the per-class check applies to it."""
     imprint_new_classes: bool = True
     """Initialise the policy's output row of a class added by feedback from the embeddings of its first flows
     (see :func:`grow_head`) instead of zero weights."""
@@ -122,7 +123,7 @@ class AdaptConfig:
     unknown_max_rows: int = 20_000
     """Reference rows of the neighbour detector at most."""
     unknown_percentile: float = 99.0
-    """Percentile of validation reconstruction errors used as the unknown threshold."""
+    """Percentile of the validation novelty scores used as the unknown threshold."""
     unknown_min_confidence: float = 0.0
     """Verdicts below this top-class probability are also reported as unknown; 0 turns the check off."""
     autoencoder_hidden: int = 16
@@ -220,11 +221,11 @@ def grow_head(head: Any, n_new: int, new_states: Sequence[np.ndarray] | None = N
     so its first layers gain ``n_new`` input columns with zero weights. A new policy logit starts at the
     smallest old bias with zero weights, so the verdicts do not change, unless ``new_states`` gives the
     embeddings of flows labelled with each new class (an empty array leaves that class's row as it is). Then
-    the new output row is imprinted (Qi et al. 2018,
-    "Low-Shot Learning with Imprinted Weights"): its weights are the mean last hidden activation of those
-    flows, scaled to the mean norm of the old rows, and its bias puts the new logit ``margin`` above the best
-    old logit on average over them. Policy gradients alone start a new action from a probability near 0,
-    where its gradient vanishes and the clipped objective lets it grow by at most ``1 + clip_coef`` per update.
+    the new output row is imprinted (Qi et al. 2018, "Low-Shot Learning with Imprinted Weights"). Its weights
+    are the mean last hidden activation of those flows, scaled to the mean norm of the old rows, and its bias
+    puts the new logit ``margin`` above the best old logit on average over them. Policy gradients alone start
+    a new action from a probability near 0, where its gradient vanishes, and the clipped objective lets that
+    probability grow by at most a factor ``1 + clip_coef`` per update.
     """
     import torch
 
@@ -236,11 +237,11 @@ def grow_head(head: Any, n_new: int, new_states: Sequence[np.ndarray] | None = N
     if n_new <= 0:
         return head
     if new_states is not None and len(new_states) != n_new:
-        raise ValueError(f"new_states holds {len(new_states)} arrays for {n_new} new classes")
+        raise ValueError(f"new_states has {len(new_states)} arrays for {n_new} new classes; pass one per class")
 
     def grow_q(dqn: DQNHead) -> None:
-        net = dqn.q_network
-        net.net[len(net.net) - 1] = _grow_output_rows(net.net[-1], n_new, -1.0)
+        net = dqn.q_network.net
+        net[len(net) - 1] = _grow_output_rows(net[-1], n_new, -1.0)
 
     def grow_policy(ppo: PPOHead, extra_inputs: int) -> None:
         actor, critic = ppo.actor_critic.actor, ppo.actor_critic.critic
@@ -410,7 +411,7 @@ class UnknownDetector:
 class NeighbourDetector:
     """Mean distance to the ``k`` nearest reference rows of selected, scaled features; above ``threshold`` is unknown.
 
-    The encoder maps flows onto the trained classes, so an unseen attack rarely stands out in its embedding.
+    The encoder maps flows onto the trained classes, so the embedding of an unseen attack looks like theirs.
     With three CICIoMT2024 classes held out, the autoencoder on embeddings (:class:`UnknownDetector`) flagged
     0-4.2% of the unseen class, and this distance over 1,000 validation rows flagged 4-76% at 0.5-1.3% false
     positives (benchmarks/bench_adaptation.py). Scoring is brute force over at most ``max_rows`` reference rows.
@@ -675,23 +676,6 @@ class OnlineLearner:
     def _state_dim(self) -> int:
         return int(self.bundle.encoder.encoder.embedding_dim)
 
-    def embed(self, X: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Return the frozen encoder's embeddings of raw rows of ``input_features``, float32 (n, d)."""
-        import torch
-
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != len(self.input_features):
-            raise ValueError(f"expected rows of {len(self.input_features)} features "
-                             f"({', '.join(self.input_features)}), got an array of shape {X.shape}")
-        selected = torch.as_tensor(self.bundle.selected_indices)
-        out = np.empty((len(X), self._state_dim()), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(X), batch_size):
-                features = torch.index_select(self._preprocess(torch.from_numpy(X[start:start + batch_size])), 1,
-                                              selected)
-                out[start:start + batch_size] = self.bundle.encoder.embed(features).numpy()
-        return out
-
     def features(self, X: np.ndarray) -> np.ndarray:
         """Return the scaled values of the selected features of raw rows, float32 (n, n_selected)."""
         import torch
@@ -704,19 +688,35 @@ class OnlineLearner:
             scaled = self._preprocess(torch.from_numpy(X))
             return torch.index_select(scaled, 1, torch.as_tensor(self.bundle.selected_indices)).numpy().copy()
 
+    def embed(self, X: np.ndarray) -> np.ndarray:
+        """Return the frozen encoder's embeddings of raw rows of ``input_features``, float32 (n, d)."""
+        return self._embed_features(self.features(X))
+
+    def _embed_features(self, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        import torch
+
+        out = np.empty((len(features), self._state_dim()), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(features), batch_size):
+                batch = torch.from_numpy(features[start:start + batch_size])
+                out[start:start + batch_size] = self.bundle.encoder.embed(batch).numpy()
+        return out
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Score raw rows with the current head: class probabilities, float32 (n, n_classes)."""
-        states = self.embed(X)
+        features = self.features(X)
+        states = self._embed_features(features)
         with self._lock:
             proba = np.asarray(self.head.predict_proba(states), dtype=np.float32)
-        self._local.last = (X, states)
+        self._local.last = (X, features, states)
         return proba
 
-    def _states_of(self, X: np.ndarray) -> np.ndarray:
+    def _last_scored(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Return the features and embeddings of ``X`` when this thread's last ``predict_proba`` scored it."""
         last = getattr(self._local, "last", None)
         if last is not None and last[0] is X:
-            return last[1]
-        return self.embed(X)
+            return last[1], last[2]
+        return None
 
     def unknown_scores(self, X: np.ndarray, confidence: np.ndarray,
                        states: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -727,10 +727,13 @@ class OnlineLearner:
         flagged = confidence < self.config.unknown_min_confidence
         if self.detector is None:
             return np.full(len(X), np.nan), flagged
+        cached = self._last_scored(X)
         if self.detector.space == "features":
-            inputs = self.features(X)
+            inputs = cached[0] if cached is not None else self.features(X)
+        elif states is not None:
+            inputs = states
         else:
-            inputs = states if states is not None else self._states_of(X)
+            inputs = cached[1] if cached is not None else self.embed(X)
         scores = self.detector.scores(inputs)
         return scores, flagged | (scores > self.detector.threshold)
 
@@ -855,7 +858,8 @@ class OnlineLearner:
                                            f"got an array of shape {X.shape}"})
         if problems:
             raise FeedbackError(problems)
-        states = self.embed(X)
+        features = self.features(X)
+        states = self._embed_features(features)
         with self._lock:
             # A class the head lacks gets its index now and joins the head in the next update window, so the
             # verdicts only ever come from a validated model.
@@ -886,7 +890,8 @@ class OnlineLearner:
                 self.config.replay_size,
             )
             self._pending += int(learn.sum())
-            self._pending_features.append(self.features(X[learn]))
+            if self.detector is not None and self.detector.space == "features":
+                self._pending_features.append(features[learn])
             before_windows, before_rollbacks = len(self.history), self.rollbacks
             self._maybe_run_window(force)
             return FeedbackResult(
@@ -988,9 +993,10 @@ class OnlineLearner:
         """Lower the bias of each imprinted row until it wins on at most ``imprint_false_positive_rate`` of the
         rehearsal rows of every trained class.
 
-        A prototype from a few flows also fires on similar trained classes: on the real subset, Recon-OS_Scan
-        imprinted at margin 1 took a third of Recon-VulScan's F1 and every such window was rolled back. The
-        limit holds per class because a small rate over all rows can still be most of one small class.
+        A prototype from a few flows also fires on similar trained classes. On the CICIoMT2024 subset,
+        Recon-OS_Scan imprinted at margin 1 took a third of Recon-VulScan's F1, and every such window was rolled
+        back. The
+        limit applies per class because a small rate over all rows can still be most of one small class.
         """
         import torch
 

@@ -94,9 +94,9 @@ class OnnxScorer:
     Args:
         path: an ``.onnx`` file written by :func:`export_onnx`.
         threads: CPU threads of one ``predict_proba`` call; 0 for the CPUs this process may run on. Each
-            run of ``batch_size`` rows takes one thread and the runs of a large call go in parallel: for the
-            default model, onnxruntime's own intra-op threads gained under 10% from a second core on runs of
-            2048 rows, and two runs side by side gained 75% (onnxruntime 1.32, 2-core VM).
+            run of ``batch_size`` rows takes one thread, and the runs of a large call go in parallel. With a
+            compact CNN-LSTM on runs of 2048 rows, a second intra-op thread gained 7% and two runs side by
+            side gained 73% (onnxruntime 1.32, 2-core VM).
     """
 
     def __init__(self, path: str | Path, *, threads: int = 0) -> None:
